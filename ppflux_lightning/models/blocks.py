@@ -1,0 +1,104 @@
+"""FLUX's double-stream (image | text) and single-stream transformer blocks with AdaLN modulation."""
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from .attention import JointAttention
+
+
+def layer_norm(x, eps=1e-6):
+    """LayerNorm over the last axis without affine parameters."""
+    return F.layer_norm(x, x.shape[-1:], epsilon=eps)
+
+
+def modulate(x, shift, scale):
+    return layer_norm(x) * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+class Modulation(nn.Layer):
+    """`linear(silu(temb))` split into `n` chunks (AdaLayerNormZero: shift, scale, gate, ...)."""
+
+    def __init__(self, dim, n):
+        super().__init__()
+        self.n = n
+        self.linear = nn.Linear(dim, n * dim)
+
+    def forward(self, temb):
+        return paddle.chunk(self.linear(F.silu(temb)), self.n, axis=-1)
+
+
+class GELUProj(nn.Layer):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.proj = nn.Linear(dim, hidden)
+
+    def forward(self, x):
+        return F.gelu(self.proj(x), approximate=True)
+
+
+class FeedForward(nn.Layer):
+    """`net.0.proj` (x4, tanh-GELU) -> `net.2`, the diffusers key layout (net.1 is a parameterless dropout)."""
+
+    def __init__(self, dim, mult=4):
+        super().__init__()
+        self.net = nn.LayerList([GELUProj(dim, dim * mult), nn.Identity(), nn.Linear(dim * mult, dim)])
+
+    def forward(self, x):
+        return self.net[2](self.net[0](x))
+
+
+class DoubleStreamBlock(nn.Layer):
+    """Separate weights for image and text tokens, joint attention over both (diffusers `FluxTransformerBlock`)."""
+
+    def __init__(self, dim, heads, head_dim):
+        super().__init__()
+        self.norm1 = Modulation(dim, 6)
+        self.norm1_context = Modulation(dim, 6)
+        self.attn = JointAttention(dim, heads, head_dim, joint=True)
+        self.ff = FeedForward(dim)
+        self.ff_context = FeedForward(dim)
+
+    def forward(self, hidden, context, temb, rope):
+        shift, scale, gate, shift_mlp, scale_mlp, gate_mlp = self.norm1(temb)
+        c_shift, c_scale, c_gate, c_shift_mlp, c_scale_mlp, c_gate_mlp = self.norm1_context(temb)
+        img_attn, txt_attn = self.attn(modulate(hidden, shift, scale), rope, modulate(context, c_shift, c_scale))
+        hidden = hidden + gate.unsqueeze(1) * img_attn
+        hidden = hidden + gate_mlp.unsqueeze(1) * self.ff(modulate(hidden, shift_mlp, scale_mlp))
+        context = context + c_gate.unsqueeze(1) * txt_attn
+        context = context + c_gate_mlp.unsqueeze(1) * self.ff_context(modulate(context, c_shift_mlp, c_scale_mlp))
+        if context.dtype == paddle.float16:
+            context = context.clip(-65504.0, 65504.0)
+        return hidden, context
+
+
+class SingleStreamBlock(nn.Layer):
+    """One weight set over cat([text, image]): parallel attention and MLP, fused output projection."""
+
+    def __init__(self, dim, heads, head_dim, mlp_ratio=4):
+        super().__init__()
+        self.norm = Modulation(dim, 3)
+        self.proj_mlp = nn.Linear(dim, dim * mlp_ratio)
+        self.attn = JointAttention(dim, heads, head_dim, pre_only=True)
+        self.proj_out = nn.Linear(heads * head_dim + dim * mlp_ratio, dim)
+
+    def forward(self, x, temb, rope):
+        shift, scale, gate = self.norm(temb)
+        normed = modulate(x, shift, scale)
+        mlp = F.gelu(self.proj_mlp(normed), approximate=True)
+        out = x + gate.unsqueeze(1) * self.proj_out(paddle.concat([self.attn(normed, rope), mlp], axis=-1))
+        if out.dtype == paddle.float16:
+            out = out.clip(-65504.0, 65504.0)
+        return out
+
+
+class ContinuousAdaNorm(nn.Layer):
+    """The output norm (diffusers `AdaLayerNormContinuous`): chunks in order scale, shift (BFL's are shift, scale)."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.linear = nn.Linear(dim, 2 * dim)
+
+    def forward(self, x, temb):
+        scale, shift = paddle.chunk(self.linear(F.silu(temb)), 2, axis=-1)
+        return modulate(x, shift, scale)

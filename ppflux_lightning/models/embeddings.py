@@ -1,0 +1,68 @@
+"""Timestep, guidance and pooled-text embeddings, and FLUX's 3-axis rotary position embedding."""
+
+import math
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+
+def sinusoidal_embedding(t, dim=256, max_period=10000.0):
+    """[B] -> [B, dim] as (cos | sin) halves (diffusers `Timesteps(flip_sin_to_cos=True, shift=0)`), in fp32."""
+    half = dim // 2
+    freqs = paddle.exp(-math.log(max_period) * paddle.arange(half, dtype="float32") / half)
+    args = t.astype("float32").unsqueeze(-1) * freqs.unsqueeze(0)
+    return paddle.concat([paddle.cos(args), paddle.sin(args)], axis=-1)
+
+
+class MLPEmbedder(nn.Layer):
+    """linear_1 -> SiLU -> linear_2 (diffusers `TimestepEmbedding` / `PixArtAlphaTextProjection`)."""
+
+    def __init__(self, in_dim, dim):
+        super().__init__()
+        self.linear_1 = nn.Linear(in_dim, dim)
+        self.linear_2 = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        return self.linear_2(F.silu(self.linear_1(x.astype(self.linear_1.weight.dtype))))
+
+
+class CombinedTimestepTextEmbedding(nn.Layer):
+    """temb = MLP(sin(1000 t)) [+ MLP(sin(1000 g))] + MLP(pooled CLIP)."""
+
+    def __init__(self, dim, pooled_projection_dim, guidance_embeds):
+        super().__init__()
+        self.timestep_embedder = MLPEmbedder(256, dim)
+        self.guidance_embedder = MLPEmbedder(256, dim) if guidance_embeds else None
+        self.text_embedder = MLPEmbedder(pooled_projection_dim, dim)
+
+    def forward(self, timestep, pooled, guidance=None):
+        temb = self.timestep_embedder(sinusoidal_embedding(timestep))
+        if self.guidance_embedder is not None:
+            temb = temb + self.guidance_embedder(sinusoidal_embedding(guidance))
+        return temb + self.text_embedder(pooled)
+
+
+def rope_frequencies(ids, axes_dims, theta=10000.0):
+    """ids [S, n_axes] -> (cos, sin) each [S, sum(axes_dims)], pair-interleaved, angles computed in float64."""
+    ids = ids.astype("float64")
+    cos_parts, sin_parts = [], []
+    for axis, dim in enumerate(axes_dims):
+        inv_freq = 1.0 / (theta ** (paddle.arange(0, dim, 2, dtype="float64") / dim))
+        angles = ids[:, axis : axis + 1] * inv_freq.unsqueeze(0)
+        cos_parts.append(paddle.repeat_interleave(paddle.cos(angles), 2, axis=1))
+        sin_parts.append(paddle.repeat_interleave(paddle.sin(angles), 2, axis=1))
+    return (
+        paddle.concat(cos_parts, axis=-1).astype("float32"),
+        paddle.concat(sin_parts, axis=-1).astype("float32"),
+    )
+
+
+def apply_rope(x, rope):
+    """Rotate interleaved pairs (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin). x: [B, S, H, D], rope: [S, D]."""
+    cos, sin = rope
+    cos = cos.unsqueeze(0).unsqueeze(2)
+    sin = sin.unsqueeze(0).unsqueeze(2)
+    pairs = x.astype("float32").reshape([0, 0, 0, -1, 2])
+    rotated = paddle.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape([0, 0, 0, -1])
+    return (x.astype("float32") * cos + rotated * sin).astype(x.dtype)
