@@ -68,7 +68,8 @@ def build_and_load(cls, config, files, dtype, key_map=None):
     missing = sorted({src for src, _ in key_map.values() if src not in where})
     if missing or unexpected:
         raise CheckpointError(
-            f"checkpoint does not match the model: missing keys {_abbrev(missing)}, unexpected keys {_abbrev(unexpected)}"
+            f"checkpoint does not match the model: missing keys {_abbrev(missing)}, "
+            f"unexpected keys {_abbrev(unexpected)}"
         )
     for name, param in params.items():
         src, transform = key_map[name]

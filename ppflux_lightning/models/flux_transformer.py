@@ -80,7 +80,9 @@ class FluxTransformer2DModel(nn.Layer):
         self.x_embedder = nn.Linear(config.in_channels, dim)
         self.context_embedder = nn.Linear(config.joint_attention_dim, dim)
         self.time_text_embed = CombinedTimestepTextEmbedding(dim, config.pooled_projection_dim, config.guidance_embeds)
-        self.transformer_blocks = nn.LayerList([DoubleStreamBlock(dim, heads, head_dim) for _ in range(config.num_layers)])
+        self.transformer_blocks = nn.LayerList(
+            [DoubleStreamBlock(dim, heads, head_dim) for _ in range(config.num_layers)]
+        )
         self.single_transformer_blocks = nn.LayerList(
             [SingleStreamBlock(dim, heads, head_dim) for _ in range(config.num_single_layers)]
         )
@@ -94,7 +96,8 @@ class FluxTransformer2DModel(nn.Layer):
         """Inputs -> (image tokens, text tokens, temb, rope). Timestep and guidance are in [0, 1]."""
         if hidden_states.ndim != 3 or hidden_states.shape[-1] != self.config.in_channels:
             raise ValueError(
-                f"hidden_states must be packed latents [B, seq, {self.config.in_channels}], got {list(hidden_states.shape)}"
+                f"hidden_states must be packed latents [B, seq, {self.config.in_channels}], "
+                f"got {list(hidden_states.shape)}"
             )
         if encoder_hidden_states.shape[-1] != self.config.joint_attention_dim:
             raise ValueError(

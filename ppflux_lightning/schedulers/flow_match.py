@@ -72,7 +72,8 @@ class FlowMatchEulerScheduler:
     def save_pretrained(self, path):
         os.makedirs(path, exist_ok=True)
         with open(os.path.join(path, "scheduler_config.json"), "w") as f:
-            json.dump({"_class_name": "FlowMatchEulerDiscreteScheduler", **dataclasses.asdict(self.config)}, f, indent=2)
+            config = {"_class_name": "FlowMatchEulerDiscreteScheduler", **dataclasses.asdict(self.config)}
+            json.dump(config, f, indent=2)
 
     def mu(self, image_seq_len):
         c = self.config
