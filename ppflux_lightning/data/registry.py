@@ -1,0 +1,5 @@
+"""The dataset registry: `data.type` in the config names a class registered here."""
+
+from ..config import Registry
+
+DATASETS = Registry("datasets")
