@@ -10,6 +10,7 @@ import os
 
 from ..utils.atomic import atomic_dir
 from ..utils.errors import ConfigError
+from .checkpoint import check_dtype
 from .torch_weights import build_in_dtype, load_torch_layout, save_torch_layout, torch_layout_arrays, weight_files
 
 WEIGHTS_NAME = "model.safetensors"
@@ -70,7 +71,11 @@ def build_clip_text_model(hf_config, dtype="float32", lazy=False):
     if model_type not in ("clip_text_model", "clip"):
         raise ConfigError(f"text_encoder config has model_type {model_type!r}, expected 'clip_text_model'")
     config = CLIPTextConfig(**{k: hf_config[k] for k in CLIP_CONFIG_KEYS if k in hf_config})
-    model = build_in_dtype(lambda: CLIPTextModel(config), dtype, lazy)
+    # Built in float32 and cast afterwards: paddle's CPU `triu` (CLIP's causal-mask buffer) has no bf16 kernel.
+    model = build_in_dtype(lambda: _construct(CLIPTextModel, config, lazy), "float32", lazy)
+    model.target_dtype = check_dtype(dtype)
+    if not lazy:
+        model.to(dtype=model.target_dtype)
     model.hf_config = {"architectures": ["CLIPTextModel"], "model_type": "clip_text_model",
                        **{k: hf_config[k] for k in CLIP_CONFIG_KEYS if k in hf_config}}
     return model.eval()
@@ -81,7 +86,8 @@ def load_clip_text_model(folder, dtype="float32"):
     model = build_clip_text_model(read_hf_config(folder), dtype, lazy=True)
     sources = {key: [clip_paddle_to_hf(key)] for key in model.state_dict()}
     files = weight_files(folder, WEIGHTS_NAME)
-    return load_torch_layout(model, files, sources, ignore=("position_ids",), what=f"CLIP text encoder {folder!r}")
+    load_torch_layout(model, files, sources, ignore=("position_ids",), what=f"CLIP text encoder {folder!r}")
+    return model.to(dtype=model.target_dtype)
 
 
 # ---------------------------------------------------------------- T5 encoder
@@ -97,8 +103,11 @@ def build_t5_encoder(hf_config, dtype="float32", lazy=False):
     act = hf_config.get("dense_act_fn")
     if act is not None and act != ("gelu_new" if proj == "gated-gelu" else "relu"):
         raise ConfigError(f"T5 dense_act_fn {act!r} does not match feed_forward_proj {proj!r}")
+    distance = hf_config.get("relative_attention_max_distance", 128)
+    if distance != 128:  # paddlenlp 2.8.1 ignores the key and always uses 128 (T5 v1.1 / FLUX use 128)
+        raise ConfigError(f"T5 relative_attention_max_distance {distance} is not supported by paddlenlp; only 128")
     config = T5Config(**{k: hf_config[k] for k in T5_CONFIG_KEYS if k in hf_config})
-    model = build_in_dtype(lambda: T5EncoderModel(config), dtype, lazy)
+    model = build_in_dtype(lambda: _construct(T5EncoderModel, config, lazy), dtype, lazy)
     model.hf_config = {"architectures": ["T5EncoderModel"], "model_type": "t5",
                        **{k: hf_config[k] for k in T5_CONFIG_KEYS if k in hf_config}}
     return model.eval()
@@ -132,3 +141,11 @@ def save_text_encoder(model, folder, max_shard_bytes=None):
             json.dump(config, f, indent=2)
         save_torch_layout(tensors, tmp, WEIGHTS_NAME, bf16=bf16, max_shard_bytes=max_shard_bytes)
 
+
+
+def _construct(cls, config, lazy):
+    """paddlenlp runs its own weight init after __init__; it must not touch lazily created parameters."""
+    from paddlenlp.transformers.model_utils import no_init_weights
+
+    with no_init_weights(_enable=lazy):
+        return cls(config)

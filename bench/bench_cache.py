@@ -1,0 +1,322 @@
+"""Benchmark the cache policies against the uncached run, side by side in one process.
+
+For each method and threshold: median wall clock of the whole denoising loop and its speedup over the uncached
+median, the fraction of block evaluations skipped, and PSNR/SSIM of the output against the uncached output.
+Writes PREFIX.md (table), PREFIX.json and PREFIX.png (speed/quality Pareto plot).
+
+    python bench/bench_cache.py --model DIR --steps 50,28          # a diffusers-layout FLUX folder (the pipeline)
+    python bench/bench_cache.py --random-medium --steps 28         # random transformer, for timing only
+"""
+
+import ppflux_lightning  # noqa: F401  (sets the MKL switch before paddle is imported)
+
+# isort: split
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import paddle
+from tqdm import tqdm
+
+from ppflux_lightning.acceleration import POLICIES, CacheConfig, build_policy
+from ppflux_lightning.eval.image_metrics import psnr, ssim
+from ppflux_lightning.models.flux_transformer import FluxConfig, FluxTransformer2DModel
+from ppflux_lightning.schedulers.flow_match import FlowMatchEulerScheduler
+from ppflux_lightning.utils.atomic import atomic_file
+
+DEFAULT_THRESHOLDS = {
+    "teacache": [0.1, 0.25, 0.4, 0.6],
+    "fbcache": [0.04, 0.08, 0.12, 0.2],
+    "firstblock_taylor": [0.04, 0.08, 0.12, 0.2],
+    "teablockcache": [0.05, 0.1, 0.2, 0.4],
+    "sortblock": [0.25, 0.5, 0.75, 1.0],
+}
+COLORS = {"teacache": "#d62728", "fbcache": "#ff7f0e", "firstblock_taylor": "#1f77b4", "teablockcache": "#2ca02c",
+          "sortblock": "#9467bd"}
+
+
+class RandomTransformerWorkload:
+    """A randomly initialised transformer and a plain Euler loop: real timing, meaningless images. The output
+    latents, unpacked to a grid and scaled by the uncached output's range, stand in for images."""
+
+    def __init__(self, width, heads, double, single, grid, text_tokens, batch, seed):
+        if width % heads or (width // heads) % 4:
+            raise ValueError(f"width {width} must split into {heads} heads of a size divisible by 4")
+        head_dim = width // heads
+        rope = (head_dim // 8 * 2, head_dim * 7 // 16 // 2 * 2, 0)
+        rope = (rope[0], rope[1], head_dim - rope[0] - rope[1])
+        paddle.seed(seed)
+        self.config = FluxConfig(
+            in_channels=64, num_layers=double, num_single_layers=single, attention_head_dim=head_dim,
+            num_attention_heads=heads, joint_attention_dim=256, pooled_projection_dim=128, guidance_embeds=True,
+            axes_dims_rope=rope,
+        )
+        self.model = FluxTransformer2DModel(self.config)
+        self.model.eval()
+        self.grid = grid
+        rng = np.random.default_rng(seed)
+        rows, cols = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
+        tensor = lambda a: paddle.to_tensor(np.asarray(a, np.float32))
+        self.latents = tensor(rng.standard_normal((batch, grid * grid, 64)))
+        self.context = tensor(rng.standard_normal((batch, text_tokens, 256)))
+        self.pooled = tensor(rng.standard_normal((batch, 128)))
+        self.img_ids = tensor(np.stack([np.zeros(grid * grid), rows.ravel(), cols.ravel()], -1))
+        self.txt_ids = tensor(np.zeros((text_tokens, 3)))
+        self.description = (f"random transformer: inner {width} ({heads} heads), {double}+{single} blocks, "
+                            f"{grid * grid} image + {text_tokens} text tokens, batch {batch}, fp32")
+        self.range = None
+
+    @paddle.no_grad()
+    def run(self, config, steps):
+        """Returns (outputs [N, H, W, C], policy or None)."""
+        policy = build_policy(config) if config is not None else None
+        scheduler = FlowMatchEulerScheduler()
+        scheduler.set_timesteps(steps, image_seq_len=self.grid * self.grid)
+        self.model.cache_policy = policy
+        if policy is not None:
+            policy.begin(steps)
+        x = self.latents
+        try:
+            for i, sigma in enumerate(scheduler.sigmas[:-1]):
+                if policy is not None:
+                    policy.set_step(i)
+                v = self.model(x, self.context, self.pooled, float(sigma), self.img_ids, self.txt_ids, guidance=3.5)
+                x = scheduler.step(v, i, x)
+        finally:
+            self.model.cache_policy = None
+        out = x.numpy().reshape(x.shape[0], self.grid, self.grid, -1)
+        if config is None:  # the uncached output fixes the [0, 1] scaling shared by every run
+            self.range = (out.min(), out.max())
+        low, high = self.range
+        return (out - low) / (high - low), policy
+
+
+class PipelineWorkload:
+    """`ppflux_lightning.pipelines.FluxPipeline` on a diffusers-layout folder; images as float arrays in [0, 1]."""
+
+    def __init__(self, model_dir, prompts, height, width, guidance, seed):
+        try:
+            from ppflux_lightning.pipelines import FluxPipeline
+        except ImportError as error:
+            raise SystemExit(f"--model needs ppflux_lightning.pipelines.FluxPipeline, unavailable: {error}") from None
+        if not os.path.isdir(model_dir):
+            raise FileNotFoundError(f"model folder {model_dir!r} does not exist")
+        self.pipe = FluxPipeline.from_pretrained(model_dir)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.prompts, self.height, self.width, self.guidance, self.seed = prompts, height, width, guidance, seed
+        self.description = (f"FluxPipeline on {model_dir}: {len(prompts)} prompt(s), {height}x{width}, "
+                            f"guidance {guidance}, seed {seed}")
+
+    def run(self, config, steps):
+        if config is None:
+            self.pipe.disable_cache()
+        else:
+            self.pipe.enable_cache(config)
+        try:
+            images = self.pipe(self.prompts, num_inference_steps=steps, height=self.height, width=self.width,
+                               guidance_scale=self.guidance, seed=self.seed, output_type="np")
+        finally:
+            policy = self.pipe.cache_policy
+            self.pipe.disable_cache()
+        images = getattr(images, "images", images)
+        return np.clip(np.asarray(images, np.float64), 0.0, 1.0), policy
+
+
+def measure(workload, configs, steps, repeats):
+    """Interleaved repeats (uncached first in each round) so machine noise hits every configuration alike."""
+    workload.run(None, min(steps, 2))  # warm-up
+    labels = ["uncached"] + [f"{c.method}@{c.threshold:g}" for c in configs]
+    times = {label: [] for label in labels}
+    results = {}
+    bar = tqdm(total=repeats * len(labels), desc=f"{steps} steps", file=sys.stdout, mininterval=10)
+    for r in range(repeats):
+        for label, config in zip(labels, [None] + configs):
+            start = time.perf_counter()
+            out, policy = workload.run(config, steps)
+            times[label].append(time.perf_counter() - start)
+            if r == 0:
+                results[label] = (config, out, policy.stats.as_dict() if policy is not None else None)
+            bar.update()
+    bar.close()
+    reference = results["uncached"][1]
+    base = statistics.median(times["uncached"])
+    rows = []
+    for label in labels:
+        config, out, stats = results[label]
+        median = statistics.median(times[label])
+        ratios = [u / t for u, t in zip(times["uncached"], times[label])]
+        rows.append({
+            "label": label,
+            "method": config.method if config else "uncached",
+            "threshold": config.threshold if config else None,
+            "steps": steps,
+            "median_s": median,
+            "speedup": base / median,
+            "speedup_paired_median": statistics.median(ratios),
+            "skipped_fraction": stats["skipped_fraction"] if stats else 0.0,
+            "full_steps": stats["full_steps"] if stats else steps,
+            "psnr": float(np.mean(np.minimum(psnr(out, reference), 99.0))),
+            "ssim": float(np.mean(ssim(out, reference))),
+            "times_s": times[label],
+        })
+    return rows
+
+
+def markdown(rows_by_steps, description, repeats):
+    lines = [f"Workload: {description}. Medians of {repeats} interleaved repeats; the machine is shared and noisy "
+             "(2 cores, other jobs running), so read speedups as ratios measured side by side, not absolute times.", ""]
+    for steps, rows in rows_by_steps.items():
+        lines += [f"### {steps} steps", "",
+                  "| method | threshold | median s | speedup | paired speedup | skipped blocks | full steps | PSNR dB "
+                  "| SSIM |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            thr = "-" if r["threshold"] is None else f"{r['threshold']:g}"
+            psnr_text = "inf" if r["psnr"] >= 99 else f"{r['psnr']:.2f}"
+            lines.append(f"| {r['method']} | {thr} | {r['median_s']:.2f} | {r['speedup']:.2f}x | "
+                         f"{r['speedup_paired_median']:.2f}x | {100 * r['skipped_fraction']:.1f}% | "
+                         f"{r['full_steps']}/{steps} | {psnr_text} | {r['ssim']:.4f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def pareto_plot(rows_by_steps, path, title):
+    """SSIM against speedup, one line per method and step count (points in threshold order, dashed for the second
+    step count); matplotlib when installed, else PIL drawing."""
+    series = []
+    for n, (steps, rows) in enumerate(rows_by_steps.items()):
+        for method in POLICIES:
+            pts = [(r["speedup"], r["ssim"]) for r in sorted(rows, key=lambda r: r["threshold"] or 0)
+                   if r["method"] == method]
+            if pts:
+                series.append((f"{method} ({steps} steps)", COLORS[method], pts, n % 2))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return _pil_plot(series, path, title)
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for name, color, pts, dashed in series:
+        ax.plot(*zip(*pts), marker="o", color=color, linestyle="--" if dashed else "-", label=name)
+    ax.plot([1.0], [1.0], marker="*", color="black", markersize=12, linestyle="none", label="uncached")
+    ax.set_xlabel("speedup over uncached (median wall clock)")
+    ax.set_ylabel("SSIM against uncached output")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def _pil_plot(series, path, title):
+    from PIL import Image, ImageDraw
+
+    size, margin = (880, 600), (70, 40, 250, 60)  # left, top, right, bottom
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    xs = [1.0] + [p[0] for s in series for p in s[2]]
+    ys = [1.0] + [p[1] for s in series for p in s[2]]
+    x_span, y_span = max(max(xs) - min(xs), 0.1), max(1.0 - min(ys), 1e-3)
+    x0, x1 = min(xs) - 0.05 * x_span, max(xs) + 0.05 * x_span
+    y0, y1 = min(ys) - 0.1 * y_span, 1.0 + 0.05 * y_span
+    left, top, right, bottom = margin[0], margin[1], size[0] - margin[2], size[1] - margin[3]
+    to_px = lambda x, y: (left + (x - x0) / (x1 - x0) * (right - left), bottom - (y - y0) / (y1 - y0) * (bottom - top))
+    draw.rectangle([left, top, right, bottom], outline="black")
+    for i in range(6):
+        xv, yv = x0 + i * (x1 - x0) / 5, y0 + i * (y1 - y0) / 5
+        px, _ = to_px(xv, y0)
+        _, py = to_px(x0, yv)
+        draw.line([px, top, px, bottom], fill="#e0e0e0")
+        draw.line([left, py, right, py], fill="#e0e0e0")
+        draw.text((px - 12, bottom + 5), f"{xv:.2f}", fill="black")
+        draw.text((left - 55, py - 6), f"{yv:.4f}", fill="black")
+    draw.text((left, 5), title, fill="black")
+    draw.text(((left + right) // 2 - 120, size[1] - 25), "speedup over uncached (median wall clock)", fill="black")
+    draw.text((5, top - 15), "SSIM vs uncached", fill="black")
+    for n, (name, color, pts, _) in enumerate(series):
+        pixels = [to_px(x, y) for x, y in pts]
+        if len(pixels) > 1:
+            draw.line(pixels, fill=color, width=2)
+        for px, py in pixels:
+            draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=color)
+        draw.line([right + 15, top + 18 * n + 6, right + 35, top + 18 * n + 6], fill=color, width=3)
+        draw.text((right + 40, top + 18 * n), name, fill="black")
+    px, py = to_px(1.0, 1.0)
+    draw.rectangle([px - 5, py - 5, px + 5, py + 5], fill="black")
+    draw.text((right + 40, top + 18 * len(series)), "uncached (black square)", fill="black")
+    with atomic_file(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def parse_thresholds(items):
+    """`method=a,b,c` overrides of the default threshold grid."""
+    grid = {m: list(v) for m, v in DEFAULT_THRESHOLDS.items()}
+    for item in items or []:
+        method, sep, values = item.partition("=")
+        if not sep or method not in POLICIES:
+            raise SystemExit(f"--thresholds expects METHOD=a,b,c with METHOD in {sorted(POLICIES)}, got {item!r}")
+        grid[method] = [float(v) for v in values.split(",") if v]
+    return grid
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="diffusers-layout FLUX folder (FluxPipeline)")
+    source.add_argument("--random-medium", action="store_true", help="random transformer, for timing")
+    parser.add_argument("--steps", default="28", help="comma-separated step counts, e.g. 50,28")
+    parser.add_argument("--methods", default=",".join(POLICIES), help="comma-separated cache methods")
+    parser.add_argument("--thresholds", nargs="*", help="METHOD=a,b,c overrides of the default threshold grid")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default="docs/acceleration_bench", help="output prefix for .md, .json and .png")
+    parser.add_argument("--seed", type=int, default=0)
+    random_group = parser.add_argument_group("--random-medium size")
+    random_group.add_argument("--width", type=int, default=768)
+    random_group.add_argument("--heads", type=int, default=12)
+    random_group.add_argument("--double", type=int, default=4)
+    random_group.add_argument("--single", type=int, default=8)
+    random_group.add_argument("--grid", type=int, default=32, help="packed latent grid side (image tokens = grid^2)")
+    random_group.add_argument("--text-tokens", type=int, default=64)
+    random_group.add_argument("--batch", type=int, default=1)
+    pipe_group = parser.add_argument_group("--model generation")
+    pipe_group.add_argument("--prompts", nargs="+", default=["a red circle above a blue square"])
+    pipe_group.add_argument("--height", type=int, default=256)
+    pipe_group.add_argument("--image-width", type=int, default=256)
+    pipe_group.add_argument("--guidance", type=float, default=3.5)
+    args = parser.parse_args(argv)
+
+    steps_list = [int(s) for s in args.steps.split(",") if s]
+    methods = [m for m in args.methods.split(",") if m]
+    grid = parse_thresholds(args.thresholds)
+    configs = [CacheConfig(m, t) for m in methods for t in grid.get(m) or []]  # CacheConfig rejects unknown methods
+    if args.repeats < 1 or not steps_list or min(steps_list) < 1:
+        raise SystemExit(f"need --repeats >= 1 and step counts >= 1, got {args.repeats} and {args.steps!r}")
+    if args.random_medium:
+        workload = RandomTransformerWorkload(args.width, args.heads, args.double, args.single, args.grid,
+                                             args.text_tokens, args.batch, args.seed)
+    else:
+        workload = PipelineWorkload(args.model, args.prompts, args.height, args.image_width, args.guidance, args.seed)
+    print(workload.description)
+    rows_by_steps = {steps: measure(workload, configs, steps, args.repeats) for steps in steps_list}
+    table = markdown(rows_by_steps, workload.description, args.repeats)
+    print(table)
+    command = "python bench/bench_cache.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    with atomic_file(args.out + ".md") as tmp, open(tmp, "w") as f:
+        f.write(f"Command: `{command}`\n\n{table}\n")
+    with atomic_file(args.out + ".json") as tmp, open(tmp, "w") as f:
+        json.dump({"command": command, "workload": workload.description, "repeats": args.repeats,
+                   "results": {str(k): v for k, v in rows_by_steps.items()}}, f, indent=1)
+    pareto_plot(rows_by_steps, args.out + ".png", workload.description)
+    print(f"wrote {args.out}.md, .json and .png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Export a FLUX pipeline folder (LoRA fused) to static graphs for Paddle Inference / CINN.
+
+    [FLAGS_use_cinn=1] python deploy/export.py --model DIR --output EXPORT_DIR [--lora FILE --lora_scale S
+        --lora_alpha A] [--height 1024 --width 1024 | --resolutions 1024x1024,768x1344] [--dtype float32]
+        [--steps 4 --guidance 3.5 --max_sequence_length 512]
+"""
+
+import argparse
+
+import ppflux_lightning  # noqa: F401  (sets the MKL switch before paddle is imported)
+from ppflux_lightning.export import export_pipeline, load_pipeline
+
+
+def parse_resolutions(text):
+    try:
+        return [tuple(int(v) for v in item.lower().split("x")) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"resolutions must look like 1024x1024,768x1344, got {text!r}") from None
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="diffusers-layout FLUX folder")
+    p.add_argument("--output", required=True, help="export folder (replaced whole when complete)")
+    p.add_argument("--lora", help="LoRA file fused before export (diffusers/PEFT, kohya or PaddleMIX format)")
+    p.add_argument("--lora_scale", type=float, default=1.0)
+    p.add_argument("--lora_alpha", type=float, default=None, help="override the file alpha (8: FLUX-Lightning)")
+    p.add_argument("--height", type=int, default=1024)
+    p.add_argument("--width", type=int, default=1024)
+    p.add_argument("--resolutions", type=parse_resolutions, help="several HxW buckets; overrides --height/--width")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--guidance", type=float, default=3.5)
+    p.add_argument("--max_sequence_length", type=int, default=512)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    pipe = load_pipeline(args.model, args.dtype, args.lora, args.lora_scale, args.lora_alpha)
+    lora = None if not args.lora else {"file": args.lora, "scale": args.lora_scale, "alpha": args.lora_alpha}
+    export_pipeline(
+        pipe,
+        args.output,
+        args.resolutions or [(args.height, args.width)],
+        steps=args.steps,
+        guidance=args.guidance,
+        max_sequence_length=args.max_sequence_length,
+        lora=lora,
+    )
+    print(f"exported {args.model} to {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Training checkpoints `output_dir/checkpoint-<step>/`: LoRA, objective state (D heads), one AdamW state per
+group, the trainer state (step, RNG) and the resolved config, written atomically; keep-last-K pruning.
+
+Optimizer states are stored by parameter position, not by Paddle's generated tensor names, so a checkpoint loads
+into a freshly built trainer whatever names its parameters got.
+"""
+
+import json
+import os
+import pickle
+import re
+import shutil
+
+import numpy as np
+import paddle
+
+from ..utils.atomic import atomic_dir
+from ..utils.errors import CheckpointError
+from ..utils.safetensors_io import load_file, save_file
+
+STATE_FILE = "trainer_state.json"
+RNG_FILE = "rng_state.pkl"
+_DIR = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoint_path(output_dir, step):
+    return os.path.join(output_dir, f"checkpoint-{step}")
+
+
+def list_checkpoints(output_dir):
+    """[(step, path)] of complete checkpoints, oldest first."""
+    if not os.path.isdir(output_dir):
+        return []
+    found = []
+    for name in os.listdir(output_dir):
+        m = _DIR.match(name)
+        path = os.path.join(output_dir, name)
+        if m and os.path.isfile(os.path.join(path, STATE_FILE)):
+            found.append((int(m.group(1)), path))
+    return sorted(found)
+
+
+def resolve_resume(output_dir, resume):
+    """`latest` -> the newest checkpoint in `output_dir` (None if there is none); otherwise a checkpoint folder."""
+    if resume in (None, ""):
+        return None
+    if resume == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1][1] if found else None
+    if not os.path.isfile(os.path.join(resume, STATE_FILE)):
+        raise FileNotFoundError(f"resume path {resume!r} is not a checkpoint folder (no {STATE_FILE})")
+    return resume
+
+
+def _numpy(state):
+    return {k: np.ascontiguousarray(v.numpy() if isinstance(v, paddle.Tensor) else np.asarray(v))
+            for k, v in state.items()}
+
+
+def optimizer_state(optimizer, parameters):
+    """Optimizer accumulators keyed `p<position>/<accumulator>` (Paddle keys them `<param name>_<accumulator>`)."""
+    names = sorted(((p.name, k) for k, p in enumerate(parameters)), key=lambda t: -len(t[0]))
+    out = {}
+    for key, value in optimizer.state_dict().items():
+        if not isinstance(value, paddle.Tensor):
+            continue
+        owner = next(((n, k) for n, k in names if key.startswith(n + "_")), None)
+        if owner is None:
+            raise CheckpointError(f"optimizer state {key!r} belongs to no trained parameter")
+        out[f"p{owner[1]}/{key[len(owner[0]) + 1:]}"] = value
+    return _numpy(out)
+
+
+def load_optimizer_state(optimizer, parameters, state):
+    named = {}
+    for key, value in state.items():
+        pos, acc = key.split("/", 1)
+        k = int(pos[1:])
+        if k >= len(parameters):
+            raise CheckpointError(f"optimizer state for parameter {k}, but only {len(parameters)} are trained")
+        named[f"{parameters[k].name}_{acc}"] = paddle.to_tensor(value)
+    optimizer.set_state_dict(named)
+
+
+def save_checkpoint(path, tensors, trainer_state, config_text=None):
+    """Write `{file stem: {key: tensor}}` as safetensors files plus the JSON trainer state, atomically."""
+    with atomic_dir(path) as tmp:
+        for stem, state in tensors.items():
+            save_file(_numpy(state), os.path.join(tmp, stem + ".safetensors"))
+        with open(os.path.join(tmp, RNG_FILE), "wb") as f:  # GeneratorState pickles; paddle.save cannot load it
+            pickle.dump({"paddle": paddle.get_rng_state(), "numpy": np.random.get_state()}, f)
+        if config_text is not None:
+            with open(os.path.join(tmp, "config.yaml"), "w", encoding="utf-8") as f:
+                f.write(config_text)
+        with open(os.path.join(tmp, STATE_FILE), "w") as f:
+            json.dump(trainer_state, f, indent=2)
+
+
+def load_checkpoint(path):
+    """-> (trainer_state dict, {file stem: {key: numpy array}}); restores the RNG states."""
+    state_path = os.path.join(path, STATE_FILE)
+    if not os.path.isfile(state_path):
+        raise CheckpointError(f"{path!r} is not a checkpoint (no {STATE_FILE})")
+    with open(state_path) as f:
+        state = json.load(f)
+    tensors = {name[: -len(".safetensors")]: load_file(os.path.join(path, name))
+               for name in sorted(os.listdir(path)) if name.endswith(".safetensors")}
+    rng_path = os.path.join(path, RNG_FILE)
+    if os.path.isfile(rng_path):
+        with open(rng_path, "rb") as f:
+            rng = pickle.load(f)
+        paddle.set_rng_state(rng["paddle"])
+        np.random.set_state(rng["numpy"])
+    return state, tensors
+
+
+def prune_checkpoints(output_dir, keep_last):
+    """Remove all but the newest `keep_last` checkpoints (0 keeps everything)."""
+    if keep_last <= 0:
+        return
+    for _, path in list_checkpoints(output_dir)[:-keep_last]:
+        shutil.rmtree(path, ignore_errors=True)

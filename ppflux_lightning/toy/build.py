@@ -1,0 +1,263 @@
+"""Build the toy FLUX: tokenizers, frozen random text encoders, a trained VAE and a trained teacher, saved as a
+diffusers-layout FLUX folder that every tool of the project loads like a real FLUX.1-dev repository."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+import paddle
+
+from ..models.flux_transformer import FluxConfig, FluxTransformer2DModel
+from ..models.text_encoders import build_clip_text_model, build_t5_encoder, save_text_encoder
+from ..models.vae import save_vae
+from ..pipelines.flux_pipeline import MODEL_INDEX, FluxPipeline, latent_image_ids, pack_latents
+from ..schedulers.flow_match import FlowMatchConfig, FlowMatchEulerScheduler
+from ..utils.atomic import atomic_dir, atomic_file
+from . import task
+from .tokenizers import make_clip_tokenizer, make_t5_tokenizer
+from .train_teacher import TeacherSchedule, train_teacher
+from .train_vae import build_vae, encode_mean, latent_factors, reconstruction_psnr, train_vae
+
+TOY_CONFIG_NAME = "toy_world.json"  # sampling settings the toy model was trained for, next to model_index.json
+
+
+@dataclasses.dataclass
+class BuildSettings:
+    """Sizes and schedules of one build; `quick()` is the ~1-2 minute end-to-end check."""
+
+    image_size: int = task.IMAGE_SIZE
+    dataset_size: int = 8000
+    vae_channels: tuple = (8, 16, 32)
+    vae_steps: int = 400
+    vae_batch: int = 16
+    text_width: int = 64
+    width: int = 64  # transformer inner dim = heads x head_dim
+    heads: int = 2
+    double_blocks: int = 2
+    single_blocks: int = 2
+    teacher: TeacherSchedule = dataclasses.field(default_factory=TeacherSchedule)
+    guidance_scale: float = 3.5
+    sample_steps: int = 50
+    eval_prompts: int = 32  # per split, for the adherence in the build report
+    seed: int = 0
+
+    @classmethod
+    def quick(cls, seed=0):
+        return cls(dataset_size=256, vae_steps=20, vae_batch=8, teacher=TeacherSchedule(
+            steps=30, guidance_steps=10, batch_size=16, warmup=5, seed=seed), sample_steps=4, eval_prompts=4, seed=seed)
+
+
+def caption_corpus():
+    """Tokenizer training text: every single-object caption, joined pairwise so ' and ' is seen."""
+    singles = [task.caption(task.Scene((o,))) for o in task.all_objects()]
+    return singles + [f"{a} and {b}" for a, b in zip(singles[::2], singles[1::2])]
+
+
+def text_encoder_configs(clip_vocab, t5_vocab, width):
+    """HF configs of the frozen random toy text encoders (both `width` wide, 2 layers)."""
+    clip = {"vocab_size": clip_vocab, "hidden_size": width, "intermediate_size": 2 * width, "projection_dim": width,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 77,
+            "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "bos_token_id": clip_vocab - 2,
+            "eos_token_id": clip_vocab - 1, "pad_token_id": 1}
+    t5 = {"vocab_size": t5_vocab, "d_model": width, "d_kv": width // 4, "d_ff": 2 * width, "num_layers": 2,
+          "num_heads": 4, "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
+          "dropout_rate": 0.0, "layer_norm_epsilon": 1e-6, "feed_forward_proj": "gated-gelu",
+          "dense_act_fn": "gelu_new", "is_gated_act": True, "is_encoder_decoder": False, "pad_token_id": 0,
+          "eos_token_id": 1}
+    return clip, t5
+
+
+def transformer_config(settings: BuildSettings, latent_channels, text_width):
+    head_dim = settings.width // settings.heads
+    if settings.width % settings.heads or head_dim % 8:
+        raise ValueError(f"width {settings.width} must split into {settings.heads} heads of a multiple of 8")
+    image_axis = (head_dim * 7 // 16) // 2 * 2  # FLUX.1 splits a head 16/56/56: 1/8 text axis, 7/16 per image axis
+    rope = (head_dim - 2 * image_axis, image_axis, image_axis)
+    return FluxConfig(in_channels=4 * latent_channels, num_layers=settings.double_blocks,
+                      num_single_layers=settings.single_blocks, attention_head_dim=head_dim,
+                      num_attention_heads=settings.heads, joint_attention_dim=text_width,
+                      pooled_projection_dim=text_width, guidance_embeds=True, axes_dims_rope=rope)
+
+
+def t5_length(tokenizer, prompts):
+    """Smallest multiple of 8 that holds every prompt's T5 tokens (with </s>)."""
+    longest = max(len(ids) for ids in tokenizer(prompts)["input_ids"])
+    return int(-(-longest // 8) * 8)
+
+
+def _log(message):
+    print(f"[build_toy {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def build_toy(out_dir, settings: BuildSettings | None = None, samples_path=None):
+    """Train every component and write the pipeline folder `out_dir` (replaced atomically). Returns a report dict."""
+    from paddlenlp.transformers import CLIPTokenizer, T5Tokenizer
+
+    settings = settings or BuildSettings()
+    started = time.time()
+    report = {"settings": dataclasses.asdict(settings)}
+    stage = out_dir.rstrip("/") + ".staging"
+    shutil.rmtree(stage, ignore_errors=True)
+    os.makedirs(stage)
+    try:
+        # --- tokenizers and frozen text encoders
+        corpus = caption_corpus()
+        clip_vocab = make_clip_tokenizer(os.path.join(stage, "tokenizer"), corpus, vocab_size=640)
+        t5_vocab = make_t5_tokenizer(os.path.join(stage, "tokenizer_2"), corpus, vocab_size=64)
+        tokenizer = CLIPTokenizer.from_pretrained(os.path.join(stage, "tokenizer"))
+        tokenizer_2 = T5Tokenizer.from_pretrained(os.path.join(stage, "tokenizer_2"))
+        max_len = t5_length(tokenizer_2, [task.caption(s) for s in task.all_scenes()[::97]] + corpus)
+        clip_cfg, t5_cfg = text_encoder_configs(clip_vocab, t5_vocab, settings.text_width)
+        paddle.seed(settings.seed)
+        text_encoder, text_encoder_2 = build_clip_text_model(clip_cfg), build_t5_encoder(t5_cfg)
+
+        # --- data and VAE
+        _log(f"rendering {settings.dataset_size} training images ({settings.image_size} px)")
+        images, captions = task.sample_dataset(settings.dataset_size, settings.image_size, settings.seed)
+        held_images, _ = task.sample_dataset(128, settings.image_size, settings.seed + 1, split="eval")
+        paddle.seed(settings.seed)
+        vae = build_vae(settings.vae_channels, sample_size=settings.image_size)
+        t0 = time.time()
+        train_vae(vae, images, settings.vae_steps, settings.vae_batch, seed=settings.seed)
+        report["vae_seconds"] = round(time.time() - t0, 1)
+        report["vae_psnr_eval_db"] = round(reconstruction_psnr(vae, held_images), 2)
+        _log(f"VAE reconstruction PSNR on held-out scenes: {report['vae_psnr_eval_db']} dB")
+        raw = encode_mean(vae, images)
+        shift, scale = latent_factors(raw)
+        vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+        latents = pack_latents(paddle.to_tensor((raw - shift) * scale)).numpy()
+        h, w = raw.shape[2], raw.shape[3]
+        report.update(latent_shift_factor=shift, latent_scaling_factor=scale, latent_grid=[h, w],
+                      image_tokens=latents.shape[1], max_sequence_length=max_len)
+
+        # --- prompt embeddings through the pipeline's own encoder (identical to inference)
+        config = transformer_config(settings, vae.config.latent_channels, settings.text_width)
+        paddle.seed(settings.seed)
+        model = FluxTransformer2DModel(config)
+        scheduler = FlowMatchEulerScheduler(FlowMatchConfig(shift=3.0))
+        pipe = FluxPipeline(model, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, scheduler)
+        distinct = sorted(set(captions))
+        lookup = {c: i for i, c in enumerate(distinct)}
+        embeds, pooled = _encode(pipe, distinct, max_len)
+        null_embeds = _encode(pipe, [""], max_len)
+        report["min_pooled_distance"] = _min_pairwise_distance(pooled[:256])
+
+        # --- teacher
+        t0 = time.time()
+        img_ids = latent_image_ids(h, w)
+        txt_ids = paddle.zeros([max_len, 3], dtype="float32")
+        teacher, history = train_teacher(model, latents, embeds, pooled, [lookup[c] for c in captions], null_embeds,
+                                         img_ids, txt_ids, scheduler.mu(latents.shape[1]), settings.teacher)
+        report["teacher_seconds"] = round(time.time() - t0, 1)
+        report["teacher_final_loss"] = round(float(np.mean(history[-50:])), 4)
+
+        # --- write the folder
+        toy_config = {"image_size": settings.image_size, "max_sequence_length": max_len,
+                      "guidance_scale": settings.guidance_scale, "num_inference_steps": settings.sample_steps,
+                      "task": "ppflux_lightning.toy.task"}
+        with atomic_dir(out_dir) as tmp:
+            with open(os.path.join(tmp, "model_index.json"), "w") as f:
+                json.dump(MODEL_INDEX, f, indent=2)
+            with open(os.path.join(tmp, TOY_CONFIG_NAME), "w") as f:
+                json.dump(toy_config, f, indent=2)
+            teacher.save_pretrained(os.path.join(tmp, "transformer"))
+            save_vae(vae, os.path.join(tmp, "vae"))
+            save_text_encoder(text_encoder, os.path.join(tmp, "text_encoder"))
+            save_text_encoder(text_encoder_2, os.path.join(tmp, "text_encoder_2"))
+            for name in ("tokenizer", "tokenizer_2"):
+                shutil.copytree(os.path.join(stage, name), os.path.join(tmp, name))
+            scheduler.save_pretrained(os.path.join(tmp, "scheduler"))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    report["build_seconds_before_sampling"] = round(time.time() - started, 1)
+
+    # --- reload like any user and sample
+    report.update(evaluate_toy(out_dir, settings.eval_prompts, samples_path=samples_path))
+    report["build_seconds"] = round(time.time() - started, 1)
+    report["folder_bytes"] = folder_bytes(out_dir)
+    return report
+
+
+def load_toy_config(path):
+    """The `toy_world.json` of a toy pipeline folder."""
+    file = os.path.join(path, TOY_CONFIG_NAME)
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"no {TOY_CONFIG_NAME} in {path!r}: not a toy-world pipeline folder")
+    with open(file) as f:
+        return json.load(f)
+
+
+def sample_toy(pipe, prompts, seed, toy_config, steps=None, guidance_scale=None):
+    """Images float [N, H, W, 3] in [0, 1] for a batch of prompts (noise drawn from one seed), at the toy model's
+    sampling settings unless `steps` / `guidance_scale` are given."""
+    size = toy_config["image_size"]
+    return pipe(list(prompts), height=size, width=size, seed=int(seed),
+                num_inference_steps=steps or toy_config["num_inference_steps"],
+                guidance_scale=toy_config["guidance_scale"] if guidance_scale is None else guidance_scale,
+                max_sequence_length=toy_config["max_sequence_length"], output_type="np").images
+
+
+def evaluate_toy(path, n_prompts=32, samples_path=None):
+    """Adherence of 50-step samples on train and held-out prompts (when the detector exists); writes a grid."""
+    toy_config = load_toy_config(path)
+    pipe = FluxPipeline.from_pretrained(path)
+    pipe.set_progress_bar_config(disable=True)
+    splits = {"train": task.train_prompts(), "eval": task.eval_prompts()}
+    result, grid = {}, []
+    for name, prompts in splits.items():
+        chosen = [prompts[i] for i in np.linspace(0, len(prompts) - 1, n_prompts).astype(int)]
+        images = sample_toy(pipe, chosen, 0, toy_config)
+        grid.append(images[:8])
+        score = _adherence(images, chosen)
+        if score is not None:
+            result[f"adherence_{name}"] = round(score, 3)
+    if samples_path:
+        save_grid(np.concatenate(grid), samples_path, columns=8)
+    return result
+
+
+def _adherence(images, prompts):
+    try:
+        from ..eval.adherence import adherence_score
+    except ImportError:
+        return None
+    return float(adherence_score(images, prompts))
+
+
+def save_grid(images, path, columns=8, scale=2):
+    """float [N, H, W, 3] in [0, 1] -> one PNG grid, nearest-neighbour upscaled."""
+    from PIL import Image
+
+    n, hh, ww, _ = images.shape
+    rows = -(-n // columns)
+    canvas = np.zeros((rows * hh, columns * ww, 3), np.uint8)
+    for i, img in enumerate(images):
+        r, c = divmod(i, columns)
+        canvas[r * hh:(r + 1) * hh, c * ww:(c + 1) * ww] = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+    picture = Image.fromarray(canvas).resize((columns * ww * scale, rows * hh * scale), Image.NEAREST)
+    with atomic_file(path) as tmp:
+        picture.save(tmp, format="PNG")
+
+
+def folder_bytes(path):
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def _encode(pipe, prompts, max_len, batch_size=256):
+    embeds, pooled = [], []
+    for i in range(0, len(prompts), batch_size):
+        e, p, _ = pipe.encode_prompt(prompts[i:i + batch_size], max_sequence_length=max_len)
+        embeds.append(e.numpy())
+        pooled.append(p.numpy())
+    return np.concatenate(embeds), np.concatenate(pooled)
+
+
+def _min_pairwise_distance(vectors):
+    v = np.asarray(vectors, np.float64)
+    d = np.sqrt(((v[:, None] - v[None]) ** 2).sum(-1))
+    return float(d[~np.eye(len(v), dtype=bool)].min()) if len(v) > 1 else 0.0

@@ -1,0 +1,132 @@
+"""Train the toy FLUX teacher with flow matching, then distil classifier-free guidance into its guidance embedding.
+
+Phase 1 (conditional flow matching): sigmas are logit-normal, shifted with the pipeline's dynamic shift for the
+training token count; the prompt is dropped (replaced by the empty prompt's embeddings) with probability
+``drop_prob``; the guidance input is random and carries no signal yet. Phase 2 (guidance distillation, as FLUX.1-dev
+was made): a frozen copy of the phase-1 model gives ``v_uncond + g (v_cond - v_uncond)`` as the target for a
+random guidance ``g``, so that one forward pass with ``guidance=g`` replaces classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import numpy as np
+import paddle
+from tqdm import tqdm
+
+from ..schedulers.flow_match import time_shift
+
+
+@dataclasses.dataclass
+class TeacherSchedule:
+    """Optimisation settings of the toy teacher."""
+
+    steps: int = 3000
+    guidance_steps: int = 600  # the last steps of `steps` are guidance distillation (0 = phase 1 only)
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.0
+    drop_prob: float = 0.1
+    guidance_range: tuple = (1.0, 5.0)
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    ema_decay: float = 0.995
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
+        if not 0 <= self.guidance_steps < self.steps:
+            raise ValueError(f"guidance_steps must be in [0, steps), got {self.guidance_steps} (steps {self.steps})")
+
+
+class EMA:
+    """Exponential moving average of a model's parameters, kept in a deep copy."""
+
+    def __init__(self, model, decay):
+        self.decay = decay
+        self.model = copy.deepcopy(model)
+        self.model.eval()
+        for p in self.model.parameters():
+            p.stop_gradient = True
+
+    @paddle.no_grad()
+    def update(self, model, step):
+        decay = min(self.decay, (1 + step) / (10 + step))  # short warm-up: early steps follow the model closely
+        for avg, p in zip(self.model.parameters(), model.parameters()):
+            avg.set_value(avg * decay + p.detach() * (1.0 - decay))
+
+
+def sample_sigmas(rng, n, mu, mean=0.0, std=1.0):
+    """Logit-normal sigmas pushed through FLUX's time shift with ``mu`` (the pipeline's shift for the token count)."""
+    raw = 1.0 / (1.0 + np.exp(-(rng.normal(mean, std, n))))
+    raw = np.clip(raw, 1e-4, 1.0 - 1e-4)
+    return time_shift(mu, raw).astype(np.float32)
+
+
+def train_teacher(model, latents, prompt_embeds, pooled_embeds, caption_index, null_embeds, img_ids, txt_ids, mu,
+                  schedule: TeacherSchedule, desc="teacher"):
+    """Train ``model`` in place on packed ``latents`` [N, S, C]; returns (ema_model, loss history).
+
+    ``prompt_embeds`` [K, L, D] / ``pooled_embeds`` [K, P] hold one entry per distinct caption; ``caption_index`` [N]
+    maps every latent to its caption; ``null_embeds`` = (embeds [1, L, D], pooled [1, P]) of the empty prompt.
+    """
+    s = schedule
+    paddle.seed(s.seed)
+    rng = np.random.default_rng(s.seed)
+    latents = paddle.to_tensor(latents, dtype="float32")
+    prompt_embeds = paddle.to_tensor(prompt_embeds, dtype="float32")
+    pooled_embeds = paddle.to_tensor(pooled_embeds, dtype="float32")
+    null_e, null_p = (paddle.to_tensor(x, dtype="float32") for x in null_embeds)
+    caption_index = np.asarray(caption_index)
+    phase1 = s.steps - s.guidance_steps
+    lr = paddle.optimizer.lr.LinearWarmup(
+        paddle.optimizer.lr.CosineAnnealingDecay(s.lr, T_max=s.steps, eta_min=s.lr * 0.05), s.warmup, 0.0, s.lr
+    )
+    opt = paddle.optimizer.AdamW(lr, parameters=model.parameters(), weight_decay=s.weight_decay,
+                                 grad_clip=paddle.nn.ClipGradByGlobalNorm(1.0))
+    ema = EMA(model, s.ema_decay)
+    frozen = None
+    history = []
+    model.train()
+    bar = tqdm(range(s.steps), desc=desc, mininterval=2.0)
+    for step in bar:
+        if step == phase1 and s.guidance_steps:
+            frozen = copy.deepcopy(ema.model)  # the phase-1 result supplies the guided targets
+        b = s.batch_size
+        idx = rng.integers(0, len(caption_index), b)
+        x0 = paddle.gather(latents, paddle.to_tensor(idx))
+        cap = paddle.to_tensor(caption_index[idx])
+        embeds, pooled = paddle.gather(prompt_embeds, cap), paddle.gather(pooled_embeds, cap)
+        sigma = sample_sigmas(rng, b, mu, s.logit_mean, s.logit_std)
+        noise = paddle.to_tensor(rng.standard_normal(x0.shape, dtype=np.float32))
+        sig = paddle.to_tensor(sigma).reshape([-1, 1, 1])
+        xt = (1.0 - sig) * x0 + sig * noise
+        guidance = rng.uniform(*s.guidance_range, size=b).astype(np.float32)
+        timestep, g = paddle.to_tensor(sigma), paddle.to_tensor(guidance)
+        if frozen is None:
+            drop = paddle.to_tensor(rng.uniform(size=b) < s.drop_prob).reshape([-1, 1])
+            embeds = paddle.where(drop.unsqueeze(-1), null_e.expand_as(embeds), embeds)
+            pooled = paddle.where(drop, null_p.expand_as(pooled), pooled)
+            target = noise - x0
+        else:
+            with paddle.no_grad():
+                both = frozen(paddle.concat([xt, xt]), paddle.concat([embeds, null_e.expand_as(embeds)]),
+                              paddle.concat([pooled, null_p.expand_as(pooled)]), paddle.concat([timestep, timestep]),
+                              img_ids, txt_ids, guidance=paddle.ones([2 * b]))
+                v_cond, v_uncond = both[:b], both[b:]
+                target = v_uncond + g.reshape([-1, 1, 1]) * (v_cond - v_uncond)
+        pred = model(xt, embeds, pooled, timestep, img_ids, txt_ids, guidance=g)
+        loss = ((pred - target) ** 2).mean()
+        loss.backward()
+        opt.step()
+        opt.clear_grad()
+        lr.step()
+        ema.update(model, step)
+        history.append(float(loss))
+        bar.set_postfix(loss=f"{np.mean(history[-20:]):.4f}", phase=1 if frozen is None else 2, refresh=False)
+    model.eval()
+    return ema.model, history

@@ -1,0 +1,346 @@
+"""Evaluation metrics against closed forms, hand-computed cases and independent references."""
+
+import numpy as np
+import paddle
+import pytest
+import torch
+
+from ppflux_lightning.eval import adherence, clip_score, features, fid, image_metrics
+from ppflux_lightning.toy import task
+
+
+# ---------------------------------------------------------------- FID
+def test_fid_of_identical_sets_is_zero():
+    x = np.random.default_rng(0).normal(size=(200, 8))
+    assert fid.fid_from_features(x, x) == pytest.approx(0.0, abs=1e-8)
+    assert fid.compute_fid(x, x.copy(), lambda b: b, batch_size=33) == pytest.approx(0.0, abs=1e-8)
+
+
+def _random_spd(rng, d):
+    a = rng.normal(size=(d, d))
+    return a @ a.T / d + 0.1 * np.eye(d)
+
+
+def test_frechet_distance_matches_closed_form_with_scipy_sqrtm():
+    linalg = pytest.importorskip("scipy.linalg")
+    rng = np.random.default_rng(1)
+    mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
+    s1, s2 = _random_spd(rng, 5), _random_spd(rng, 5)  # do not commute
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real)
+    assert fid.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
+
+
+def test_fid_of_sampled_gaussians_matches_closed_form():
+    # diagonal covariances: (S1 S2)^1/2 = diag(sqrt(a_i b_i)), hand-computable
+    rng = np.random.default_rng(2)
+    var1, var2 = np.array([1.0, 2.0, 0.5, 3.0]), np.array([2.0, 0.5, 1.0, 1.0])
+    mu1, mu2 = np.zeros(4), np.array([1.0, -1.0, 0.5, 0.0])
+    closed = np.sum((mu1 - mu2) ** 2) + np.sum(var1 + var2 - 2 * np.sqrt(var1 * var2))
+    a = mu1 + rng.normal(size=(40000, 4)) * np.sqrt(var1)
+    b = mu2 + rng.normal(size=(40000, 4)) * np.sqrt(var2)
+    assert fid.compute_fid(a, b, feature_fn=lambda batch: batch, batch_size=4096) == pytest.approx(closed, rel=0.03)
+
+
+def test_fid_is_finite_for_singular_covariances():
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(10, 64)), rng.normal(size=(10, 64)) + 1.0
+    value = fid.fid_from_features(a, b)
+    assert np.isfinite(value) and value > 64 * 0.5  # the mean shift alone contributes 64
+
+
+def test_fid_rejects_bad_input():
+    with pytest.raises(ValueError, match="at least 2"):
+        fid.feature_statistics(np.zeros((1, 3)))
+    with pytest.raises(ValueError, match="mismatched"):
+        fid.frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+
+
+# ---------------------------------------------------------------- PSNR / SSIM
+def test_psnr_hand_computed():
+    a, b = np.full((8, 8, 3), 0.5), np.full((8, 8, 3), 0.6)
+    assert image_metrics.psnr(a, b)[0] == pytest.approx(20.0)  # 10 log10(1 / 0.01)
+    assert image_metrics.psnr(a, a)[0] == np.inf
+
+
+def test_ssim_constant_images_hand_computed():
+    # no variance: SSIM = (2 mu_a mu_b + C1) / (mu_a^2 + mu_b^2 + C1)
+    a, b = np.full((16, 16, 3), 0.3), np.full((16, 16, 3), 0.7)
+    c1 = 0.01 ** 2
+    expected = (2 * 0.3 * 0.7 + c1) / (0.3 ** 2 + 0.7 ** 2 + c1)
+    assert image_metrics.ssim(a, b)[0] == pytest.approx(expected, rel=1e-9)
+    assert image_metrics.ssim(a, a)[0] == pytest.approx(1.0)
+
+
+def _torch_ssim(a, b):
+    """Independent reference: 11x11 Gaussian window (sigma 1.5) as a 2-D conv, valid region, channel mean."""
+    x = torch.arange(11, dtype=torch.float64) - 5
+    g = torch.exp(-x ** 2 / 4.5)
+    window = (g[:, None] * g[None, :] / g.sum() ** 2)[None, None].repeat(3, 1, 1, 1)
+    ta = torch.from_numpy(a).permute(0, 3, 1, 2)
+    tb = torch.from_numpy(b).permute(0, 3, 1, 2)
+    conv = lambda t: torch.nn.functional.conv2d(t, window, groups=3)
+    mu_a, mu_b = conv(ta), conv(tb)
+    var_a, var_b, cov = conv(ta * ta) - mu_a ** 2, conv(tb * tb) - mu_b ** 2, conv(ta * tb) - mu_a * mu_b
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    s = (2 * mu_a * mu_b + c1) * (2 * cov + c2) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return s.mean(dim=(1, 2, 3)).numpy()
+
+
+def test_ssim_matches_torch_reference():
+    rng = np.random.default_rng(4)
+    a = rng.uniform(size=(2, 24, 20, 3))
+    b = np.clip(a + rng.normal(scale=0.1, size=a.shape), 0, 1)
+    ours = image_metrics.ssim(a, b)
+    np.testing.assert_allclose(ours, _torch_ssim(a, b), rtol=1e-10)
+    assert 0.2 < ours.min() < 0.99
+
+
+def test_ssim_matches_skimage_when_installed():
+    skm = pytest.importorskip("skimage.metrics")
+    rng = np.random.default_rng(5)
+    a = rng.uniform(size=(24, 24, 3))
+    b = np.clip(a + rng.normal(scale=0.1, size=a.shape), 0, 1)
+    expected = skm.structural_similarity(a, b, channel_axis=-1, gaussian_weights=True, sigma=1.5,
+                                         use_sample_covariance=False, data_range=1.0)
+    assert image_metrics.ssim(a, b)[0] == pytest.approx(expected, rel=1e-6)
+
+
+def test_image_metrics_reject_bad_shapes():
+    with pytest.raises(ValueError, match="shapes differ"):
+        image_metrics.psnr(np.zeros((8, 8, 3)), np.zeros((8, 9, 3)))
+    with pytest.raises(ValueError, match="smaller than"):
+        image_metrics.ssim(np.zeros((8, 8, 3)), np.zeros((8, 8, 3)))
+
+
+# ---------------------------------------------------------------- toy prompt adherence
+def test_detector_accuracy_on_ground_truth_images():
+    for size in (task.IMAGE_SIZE, 64):
+        images, prompts = task.sample_dataset(200, size=size, seed=11, split="all")
+        accuracy = adherence.detector_accuracy(images, prompts)
+        assert min(accuracy.values()) >= 0.98, (size, accuracy)
+
+
+def test_detector_tolerates_mild_noise():
+    images, prompts = task.sample_dataset(100, seed=12, split="eval")
+    noisy = np.clip(images / 255.0 + np.random.default_rng(0).normal(scale=0.04, size=images.shape), 0, 1)
+    assert adherence.adherence_score(noisy, prompts) >= 0.95
+
+
+def test_adherence_rejects_wrong_attributes():
+    scene = task.Scene((task.Obj("circle", "red", "top left"), task.Obj("triangle", "blue", "bottom right")))
+    image = task.render(scene, rng=np.random.default_rng(0))
+    assert adherence.adheres(image, task.caption(scene), exact=True)
+    assert not adherence.adheres(image, "a green circle at the top left")  # colour
+    assert not adherence.adheres(image, "a red square at the top left")  # shape
+    assert not adherence.adheres(image, "a red circle at the center")  # position
+    assert adherence.adheres(image, "a red circle at the top left")  # extra object allowed ...
+    assert not adherence.adheres(image, "a red circle at the top left", exact=True)  # ... unless exact
+    blank = np.zeros_like(image)
+    assert adherence.adherence_score([blank, image], ["a red circle at the top left"] * 2) == 0.5
+
+
+# ---------------------------------------------------------------- feature networks
+def test_task_features_train_save_load_and_separate_distributions(tmp_path):
+    accuracy = features.train_task_features(str(tmp_path), steps=15, batch_size=16, seed=0, eval_images=32)
+    assert 0.0 <= accuracy <= 1.0
+    net = features.TaskFeatures(str(tmp_path))
+    real_a, _ = task.sample_dataset(64, seed=21, split="all")
+    real_b, _ = task.sample_dataset(64, seed=22, split="all")
+    noise = np.random.default_rng(0).integers(0, 256, size=real_a.shape, dtype=np.uint8)
+    assert net(real_a).shape == (64, net.config["feature_dim"])
+    np.testing.assert_allclose(net(real_a[:4]), net(real_a)[:4], rtol=1e-5, atol=1e-6)
+    assert fid.compute_fid(real_a, real_b, net) < fid.compute_fid(real_a, noise, net)
+    with pytest.raises(FileNotFoundError, match="task_features"):
+        features.TaskFeatures(str(tmp_path / "missing"))
+
+
+def test_inception_features_load_local_weights(tmp_path):
+    from paddle.vision.models import InceptionV3
+
+    with pytest.raises(FileNotFoundError, match="nowhere.pdparams"):
+        features.InceptionFeatures(str(tmp_path / "nowhere.pdparams"))
+    paddle.seed(0)
+    reference = InceptionV3(num_classes=10)  # the fc head is dropped on load
+    reference.eval()
+    path = str(tmp_path / "inception.pdparams")
+    paddle.save(reference.state_dict(), path)
+    net = features.InceptionFeatures(path, resize=75)
+    images = np.random.default_rng(0).uniform(size=(2, 80, 80, 3)).astype(np.float32)
+    x = paddle.nn.functional.interpolate(paddle.to_tensor(images.transpose(0, 3, 1, 2)), size=[75, 75],
+                                         mode="bilinear")
+    mean = paddle.to_tensor(features.IMAGENET_MEAN).reshape([1, 3, 1, 1])
+    std = paddle.to_tensor(features.IMAGENET_STD).reshape([1, 3, 1, 1])
+    with paddle.no_grad():
+        pooled = reference.avg_pool(_inception_trunk(reference, (x - mean) / std)).reshape([2, -1]).numpy()
+    np.testing.assert_allclose(net(images), pooled, rtol=1e-4, atol=1e-5)
+    assert net(images).shape == (2, 2048)
+
+
+def _inception_trunk(model, x):
+    x = model.inception_stem(x)
+    for block in model.inception_block_list:
+        x = block(x)
+    return x
+
+
+# ---------------------------------------------------------------- CLIP score
+def _tiny_clip():
+    from paddlenlp.transformers import CLIPConfig, CLIPModel
+
+    paddle.seed(0)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=12),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16)
+    return CLIPModel(config)
+
+
+def _word_ids(prompts, length=12):
+    """A stand-in tokenizer: hashed word ids, end token 63 (the largest id, which CLIP pools at), zero padding."""
+    out = np.zeros((len(prompts), length), np.int64)
+    for i, prompt in enumerate(prompts):
+        ids = [sum(map(ord, w)) % 60 + 1 for w in prompt.split()][: length - 1] + [63]
+        out[i, : len(ids)] = ids
+    return out
+
+
+def test_clip_score_matches_model_logits_and_hand_formula():
+    model = _tiny_clip()
+    scorer = clip_score.CLIPScorer(model, _word_ids, batch_size=3)
+    images, prompts = task.sample_dataset(5, seed=31, split="all")
+    scores = scorer.scores(images, prompts)
+    # independent path 1: the model's own forward computes logit_scale.exp() * cosine between every pair
+    with paddle.no_grad():
+        out = model(input_ids=paddle.to_tensor(_word_ids(prompts)),
+                    pixel_values=clip_score.clip_preprocess(images, 32), return_dict=True)
+    cosine = np.diag(out.logits_per_image.numpy()) / np.exp(model.logit_scale.numpy()[0])
+    np.testing.assert_allclose(scores, np.maximum(100 * cosine, 0), rtol=1e-4, atol=1e-4)
+    # independent path 2: hand formula on the embeddings
+    image_emb, text_emb = scorer.embeddings(images, prompts)
+    hand = [max(0.0, 100 * u @ v / np.sqrt((u @ u) * (v @ v))) for u, v in zip(image_emb, text_emb)]
+    np.testing.assert_allclose(scores, hand, rtol=1e-6)
+    assert scorer(images, prompts) == pytest.approx(float(np.mean(hand)), rel=1e-6)
+
+
+def test_clip_scorer_from_pretrained_reads_a_local_folder(tmp_path):
+    from paddlenlp.transformers import CLIPConfig, CLIPModel
+
+    from ppflux_lightning.toy.tokenizers import make_clip_tokenizer
+
+    with pytest.raises(FileNotFoundError, match="no-clip"):
+        clip_score.CLIPScorer.from_pretrained(str(tmp_path / "no-clip"))
+    folder = str(tmp_path / "clip")
+    vocab = make_clip_tokenizer(folder, task.train_prompts()[:200], vocab_size=560)
+    paddle.seed(1)
+    model = CLIPModel(CLIPConfig(
+        text_config=dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=20, eos_token_id=vocab - 1),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16))
+    model.save_pretrained(folder)
+    scorer = clip_score.CLIPScorer.from_pretrained(folder)
+    images, prompts = task.sample_dataset(3, seed=32, split="all")
+    ids = scorer.tokenize(prompts)
+    assert ids.shape == (3, 20) and (ids == vocab - 1).any(axis=1).all()  # padded to the context, end token kept
+    direct = clip_score.CLIPScorer(model, scorer.tokenize)
+    np.testing.assert_allclose(scorer.scores(images, prompts), direct.scores(images, prompts), rtol=1e-5, atol=1e-5)
+
+
+def test_clip_score_clips_negative_similarity_at_zero():
+    scores = clip_score.cosine_scores([[1.0, 0.0], [1.0, 1.0]], [[-1.0, 0.0], [2.0, 2.0]])
+    assert scores.tolist() == pytest.approx([0.0, 100.0])
+
+
+def test_clip_preprocess_crops_the_centre_of_wide_images():
+    image = np.zeros((1, 32, 64, 3), np.float32)
+    image[:, :, 16:48] = 1.0  # the centre square is white, the sides black
+    x = clip_score.clip_preprocess(image, 16).numpy()
+    white = (1.0 - np.asarray(clip_score.CLIP_MEAN)) / np.asarray(clip_score.CLIP_STD)
+    np.testing.assert_allclose(x[0, :, 4:12, 4:12].mean(axis=(1, 2)), white, rtol=1e-3)
+
+
+# ---------------------------------------------------------------- tools/eval.py and the evaluation driver
+def _eval_tool():
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "eval.py")
+    spec = importlib.util.spec_from_file_location("eval_tool", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_eval_tool_scores_image_folders(tmp_path):
+    import json
+
+    from ppflux_lightning.eval.image_io import save_images, write_prompts
+
+    images, prompts = task.sample_dataset(6, seed=41, split="eval")
+    save_images(images, str(tmp_path / "teacher"))
+    blurred = ((images.astype(np.int32) + np.roll(images, 1, axis=2)) // 2).astype(np.uint8)
+    save_images(blurred, str(tmp_path / "student"))
+    write_prompts(prompts, str(tmp_path / "prompts.txt"))
+    _eval_tool().main(["score", "--images", str(tmp_path / "student"), "--reference", str(tmp_path / "teacher"),
+                       "--prompts", str(tmp_path / "prompts.txt"), "--adherence", "--out", str(tmp_path / "eval")])
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    a, b = blurred / 255.0, images / 255.0
+    assert metrics["psnr"] == pytest.approx(float(np.mean(10 * np.log10(1 / ((a - b) ** 2).mean(axis=(1, 2, 3))))))
+    assert metrics["ssim"] == pytest.approx(float(np.mean(image_metrics.ssim(a, b))))
+    assert metrics["adherence"] == 1.0 and metrics["images"] == 6
+    assert "| psnr |" in (tmp_path / "eval" / "metrics.md").read_text()
+
+
+class _FakePipe:
+    """Stands in for FluxPipeline: the image's brightness encodes the seed, and calls are counted."""
+
+    def __init__(self):
+        self.calls = []
+
+    def set_progress_bar_config(self, disable=False):
+        pass
+
+    def __call__(self, prompt, height, width, num_inference_steps, guidance_scale, seed, max_sequence_length,
+                 output_type):
+        self.calls.append((prompt, seed, num_inference_steps))
+
+        class Out:
+            images = np.full((1, height, width, 3), seed / 255.0, np.float32)
+
+        return Out()
+
+
+def test_generate_images_pairs_seeds_resumes_and_refuses_other_settings(tmp_path):
+    from ppflux_lightning.eval import evaluate
+
+    pipe = _FakePipe()
+    out = str(tmp_path / "student")
+    images = evaluate.generate_images(pipe, ["a", "b", "c"], out, steps=4, seed=10, height=8, width=8)
+    assert [c[1] for c in pipe.calls] == [10, 11, 12] and images[:, 0, 0, 0].tolist() == [10, 11, 12]
+    import os
+
+    os.remove(os.path.join(out, "00001.png"))
+    again = evaluate.generate_images(pipe, ["a", "b", "c"], out, steps=4, seed=10, height=8, width=8)
+    assert pipe.calls[3:] == [("b", 11, 4)]  # only the missing image is sampled again
+    np.testing.assert_array_equal(again, images)
+    with pytest.raises(ValueError, match="steps"):
+        evaluate.generate_images(pipe, ["a", "b", "c"], out, steps=8, seed=10, height=8, width=8)
+
+
+def test_read_prompts_from_coco_captions(tmp_path):
+    import json
+
+    from ppflux_lightning.eval.image_io import read_prompts
+
+    coco = {"annotations": [{"image_id": 7, "id": 2, "caption": "A dog  on a\nbeach."},
+                            {"image_id": 3, "id": 5, "caption": "A red bus."},
+                            {"image_id": 7, "id": 1, "caption": "A dog running."}]}
+    path = tmp_path / "captions_val2014.json"
+    path.write_text(json.dumps(coco))
+    assert read_prompts(str(path)) == ["A red bus.", "A dog running."]
+    assert read_prompts(str(path), limit=1) == ["A red bus."]
+    with pytest.raises(FileNotFoundError, match="nope.txt"):
+        read_prompts(str(tmp_path / "nope.txt"))

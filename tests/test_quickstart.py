@@ -1,0 +1,124 @@
+"""The quickstart end to end on a random tiny pipeline, and its building blocks against the toy task's ground truth."""
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ppflux_lightning.toy import quickstart as qs
+from ppflux_lightning.toy import task
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tools"))
+
+import quickstart as quickstart_tool  # noqa: E402  (tools/quickstart.py)
+
+TINY_SIZE = 32
+
+
+def read(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+@pytest.fixture(scope="module")
+def tiny_toy(tmp_path_factory):
+    """The random tiny pipeline plus the `toy_world.json` a built toy model carries (32 px, 16 T5 tokens)."""
+    from ppflux_lightning.pipelines.tiny import build_tiny_pipeline
+
+    path = str(tmp_path_factory.mktemp("tiny") / "pipe")
+    build_tiny_pipeline(path)
+    with open(os.path.join(path, "toy_world.json"), "w") as f:
+        json.dump({"image_size": TINY_SIZE, "max_sequence_length": 16, "guidance_scale": 3.5,
+                   "num_inference_steps": 50}, f)
+    return path
+
+
+def test_quickstart_smoke_end_to_end_and_rerun_skips_training(tiny_toy, tmp_path, capsys):
+    out = str(tmp_path / "qs")
+    argv = ["--smoke", "--model", tiny_toy, "--out", out, "--eval-prompts", "6"]
+    assert quickstart_tool.main(argv) == 0
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.startswith("student@4: FID-to-teacher") and "report.md" in summary
+
+    result = json.loads(read(os.path.join(out, "results.json")))
+    assert list(result["rows"]) == ["teacher@50", "teacher@4", "student@4"]
+    for name, row in result["rows"].items():
+        assert 0.0 <= row["adherence"] <= 100.0 and row["seconds_per_image"] > 0
+        if name != "teacher@50":
+            assert np.isfinite(row["fid_to_teacher"]) and row["fid_to_teacher"] >= 0
+            assert 0 < row["psnr_vs_teacher"] <= 100
+    # 2 generator steps of the full recipe: D and G alternate, so 4 optimizer steps
+    assert os.path.isdir(os.path.join(out, "student", "checkpoint-4"))
+    assert os.path.isfile(os.path.join(out, "student", qs.FINAL_LORA))
+    with Image.open(os.path.join(out, "grid.png")) as grid:  # 3 rows of 4 columns at 2x, plus the label strip
+        assert grid.size == (96 + 4 * 2 * TINY_SIZE, 3 * 2 * TINY_SIZE)
+    report = read(os.path.join(out, "report.md"))
+    for name in result["rows"]:
+        assert f"| {name} |" in report
+
+    marker = os.path.join(out, "student", qs.RUN_MARKER)
+    before = os.path.getmtime(marker)
+    assert quickstart_tool.main(argv) == 0
+    assert "finished earlier with the same config, skipped" in capsys.readouterr().out
+    assert os.path.getmtime(marker) == before
+
+
+def test_missing_model_folder_is_one_line_error(tmp_path, capsys):
+    (tmp_path / "not_a_model").mkdir()
+    code = quickstart_tool.main(["--smoke", "--model", str(tmp_path / "not_a_model"), "--out", str(tmp_path / "o")])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error:") and "model_index.json" in err[-1]
+
+
+def test_train_data_is_seeded_train_split_and_reused(tmp_path):
+    folder = str(tmp_path / "data")
+    qs.write_train_data(folder, 12, 24, seed=3)
+    captions = [read(os.path.join(folder, f"{i:05d}.txt")).strip() for i in range(12)]
+    images, expected = task.sample_dataset(12, 24, seed=3, split="train")
+    assert captions == expected
+    assert np.array_equal(np.asarray(Image.open(os.path.join(folder, "00005.png"))), images[5])
+    train = set(task.train_prompts())
+    assert all(c in train for c in captions)
+    stamp = os.path.getmtime(os.path.join(folder, "00000.png"))
+    qs.write_train_data(folder, 12, 24, seed=3)  # same spec: kept
+    assert os.path.getmtime(os.path.join(folder, "00000.png")) == stamp
+    qs.write_train_data(folder, 8, 24, seed=3)  # new spec: replaced
+    assert not os.path.exists(os.path.join(folder, "00008.png"))
+    with pytest.raises(ValueError, match="count"):
+        qs.write_train_data(folder, 0, 24)
+
+
+def test_eval_prompts_are_held_out_and_checked():
+    prompts, seeds = qs.eval_prompt_set(10)
+    assert len(set(prompts)) == 10 and seeds == list(range(10))
+    held = set(task.eval_prompts())
+    assert all(p in held for p in prompts) and not set(prompts) & set(task.train_prompts())
+    with pytest.raises(ValueError, match="eval prompt count"):
+        qs.eval_prompt_set(0)
+
+
+def test_scores_on_ground_truth_images():
+    """Clean renders of the prompts adhere 100%; against themselves FID is 0 and PSNR hits the 100 dB cap;
+    against a copy darkened by 10% PSNR matches the closed form 10 log10(1 / MSE)."""
+    prompts, _ = qs.eval_prompt_set(12)
+    rng = np.random.default_rng(0)
+    images = np.stack([task.render(task.parse_caption(p), 48, rng) for p in prompts]).astype(np.float64) / 255
+
+    def features(batch):  # a fixed random projection stands in for the feature network
+        flat = np.asarray(batch, np.float64).reshape(len(batch), -1)
+        return flat @ np.random.default_rng(1).standard_normal((flat.shape[1], 6))
+
+    same = qs.score_images(images, prompts, images, features)
+    assert same["adherence"] == 100.0
+    assert same["fid_to_teacher"] == pytest.approx(0.0, abs=1e-6)
+    assert same["psnr_vs_teacher"] == 100.0
+    darker = images * 0.9
+    scored = qs.score_images(darker, prompts, images, features)
+    mse = ((darker - images) ** 2).mean(axis=(1, 2, 3))
+    assert scored["psnr_vs_teacher"] == pytest.approx(np.mean(10 * np.log10(1 / mse)), rel=1e-9)
+    assert scored["fid_to_teacher"] > 0
