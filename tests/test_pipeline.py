@@ -83,7 +83,8 @@ def test_vae_matches_diffusers(case):
     latents = vae_io.encode(pipe.vae, paddle.to_tensor(image))
     cfg = ref.vae.config
     with torch.no_grad():
-        ref_latents = (ref.vae.encode(torch.from_numpy(image)).latent_dist.mode() - cfg.shift_factor) * cfg.scaling_factor
+        mean = ref.vae.encode(torch.from_numpy(image)).latent_dist.mode()
+        ref_latents = (mean - cfg.shift_factor) * cfg.scaling_factor
         ref_decoded = ref.vae.decode(ref_latents / cfg.scaling_factor + cfg.shift_factor).sample
     assert rel(latents.numpy(), ref_latents.numpy()) < 1e-4
     decoded = vae_io.decode(pipe.vae, paddle.to_tensor(ref_latents.numpy()))
@@ -184,9 +185,8 @@ def test_save_pretrained_loads_in_diffusers(dev, tmp_path):
     name, _, _, pipe = dev
     height, width, prompts, n = CASES[name]
     out = str(tmp_path / "saved")
-    pipe.save_pretrained(out, max_shard_bytes=30_000)
+    pipe.save_pretrained(out, max_shard_bytes=250_000)  # few shards: accelerate runs gc.collect() per shard
     assert os.path.isfile(os.path.join(out, "transformer", "diffusion_pytorch_model.safetensors.index.json"))
-    assert os.path.isfile(os.path.join(out, "text_encoder_2", "model.safetensors.index.json"))
     latents = case_latents(name, pipe)
     kwargs = dict(height=height, width=width, num_images_per_prompt=n, max_sequence_length=MAX_LEN,
                   output_type="np", num_inference_steps=4)

@@ -99,7 +99,8 @@ def test_bfloat16_load(reference):
     for model in (clip, t5):
         assert all(p.dtype == paddle.bfloat16 for p in model.parameters())
     pairs = [
-        (clip.text_model.transformer.layers[0].linear1.weight, ref.text_encoder.text_model.encoder.layers[0].mlp.fc1.weight.T),
+        (clip.text_model.transformer.layers[0].linear1.weight,
+         ref.text_encoder.text_model.encoder.layers[0].mlp.fc1.weight.T),
         (t5.shared.weight, ref.text_encoder_2.shared.weight),
     ]
     for ours, theirs in pairs:

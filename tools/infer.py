@@ -28,7 +28,7 @@ def parse_args(argv=None):
     p.add_argument("--lora", help="LoRA weights file (diffusers/PEFT, kohya or PaddleMIX format)")
     p.add_argument("--lora_scale", type=float, default=1.0)
     p.add_argument("--cache", help="training-free cache method (see ppflux_lightning.acceleration)")
-    p.add_argument("--cache_threshold", type=float, default=None)
+    p.add_argument("--cache_threshold", type=float, default=None, help="default: the method's own")
     return p.parse_args(argv)
 
 
@@ -40,8 +40,7 @@ def main(argv=None):
     if args.cache:
         from ppflux_lightning.acceleration import CacheConfig
 
-        options = {} if args.cache_threshold is None else {"threshold": args.cache_threshold}
-        pipe.enable_cache(CacheConfig(method=args.cache, **options))
+        pipe.enable_cache(CacheConfig(method=args.cache, threshold=args.cache_threshold))
     images = pipe(
         args.prompt,
         height=args.height,

@@ -240,13 +240,17 @@ class Trainer:
         if not prompts or not dist.is_main():
             return
         size = self.cfg.train.validation_size or self.cfg.data.resolution
+        try:
+            pipe = self.encoder.pipe
+        except FileNotFoundError as e:  # e.g. a transformer-only folder trained on cached embeddings
+            logger.warning("validation disabled: %s", e)
+            self.cfg.train.validate_every = 0
+            return
         self.model.eval()
         try:
-            images = self.encoder.pipe(prompts, height=size, width=size,
-                                       num_inference_steps=self.recipe.solver.num_phases,
-                                       guidance_scale=self.cfg.model.guidance, seed=int(self.cfg.train.seed),
-                                       max_sequence_length=self.cfg.model.max_sequence_length,
-                                       output_type="np").images
+            images = pipe(prompts, height=size, width=size, num_inference_steps=self.recipe.solver.num_phases,
+                          guidance_scale=self.cfg.model.guidance, seed=int(self.cfg.train.seed),
+                          max_sequence_length=self.cfg.model.max_sequence_length, output_type="np").images
         finally:
             self.model.train()
         self.log.images(self.step, "validation", [(np.clip(im, 0, 1) * 255).astype(np.uint8) for im in images])

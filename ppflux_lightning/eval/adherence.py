@@ -15,8 +15,8 @@ from ..toy import task
 
 # Halfway between the ideal values. Measured on 48 and 64 px task images with pixel noise up to sigma 0.08:
 # skewness -0.90..-0.44 (triangle) vs -0.11..0.09; corner moment 0.61-0.66 (circle) vs 0.72-0.77 (square).
-TRIANGLE_MAX_SKEW = -0.28
-SQUARE_MIN_CORNER = 0.69
+TRIANGLE_MAX_SKEW = -0.2
+SQUARE_MIN_CORNER = 0.665
 # Pixels below this coverage are ignored by the shape moments (noise on the background).
 MOMENT_MIN_ALPHA = 0.25
 # A cell counts as occupied when at least this fraction of its pixels belongs to one colour (an object covers ~0.2+).

@@ -172,7 +172,9 @@ class FluxPipeline(FluxLoraLoaderMixin, CacheMixin):
         multiple = 2 * self.vae_scale_factor
         for name, value in (("height", height), ("width", width)):
             if not isinstance(value, int) or value <= 0 or value % multiple:
-                raise ValueError(f"{name} must be a positive multiple of {multiple} (2 x vae_scale_factor), got {value}")
+                raise ValueError(
+                    f"{name} must be a positive multiple of {multiple} (2 x vae_scale_factor), got {value}"
+                )
 
     def prepare_latents(self, batch, height, width, latents=None, seed=None):
         """Packed initial latents `[batch, seq, 4C]` in the pipeline dtype: `latents` checked, or drawn from `seed`."""
@@ -187,9 +189,7 @@ class FluxPipeline(FluxLoraLoaderMixin, CacheMixin):
         if len(shape) != 3 or shape[1:] != expected[1:]:
             raise ValueError(f"latents must be packed {expected} for a {height}x{width} image, got {shape}")
         if shape[0] != batch:
-            raise ValueError(
-                f"latents batch {shape[0]} does not match prompts x num_images_per_prompt = {batch}"
-            )
+            raise ValueError(f"latents batch {shape[0]} does not match prompts x num_images_per_prompt = {batch}")
         if not isinstance(latents, paddle.Tensor):
             latents = paddle.to_tensor(np.asarray(latents, dtype=np.float32))
         return latents.astype(self.dtype)
