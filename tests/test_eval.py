@@ -120,10 +120,15 @@ def test_detector_accuracy_on_ground_truth_images():
         assert min(accuracy.values()) >= 0.98, (size, accuracy)
 
 
-def test_detector_tolerates_mild_noise():
+def test_detector_tolerates_mild_noise_and_blur():
     images, prompts = task.sample_dataset(100, seed=12, split="eval")
     noisy = np.clip(images / 255.0 + np.random.default_rng(0).normal(scale=0.04, size=images.shape), 0, 1)
     assert adherence.adherence_score(noisy, prompts) >= 0.95
+    blurred = images / 255.0
+    for axis in (1, 2):  # separable [1, 2, 1] / 4 blur, applied twice: roughly a Gaussian of sigma 1 px
+        for _ in range(2):
+            blurred = (np.roll(blurred, 1, axis) + 2 * blurred + np.roll(blurred, -1, axis)) / 4
+    assert adherence.adherence_score(blurred, prompts) >= 0.95
 
 
 def test_adherence_rejects_wrong_attributes():

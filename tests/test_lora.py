@@ -68,7 +68,10 @@ def test_dropout_only_in_training():
 def test_default_targets_are_the_twelve_double_block_modules():
     model = tiny_model()
     names = lora.add_lora(model, rank=4)
-    expected = [f"transformer_blocks.{i}.{t}" for i in range(2) for t in lora.LIGHTNING_TARGETS]
+    twelve = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
+              "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
+              "ff_context.net.2"]  # fmt: skip  (reference.md section 4)
+    expected = [f"transformer_blocks.{i}.{t}" for i in range(2) for t in twelve]
     assert sorted(names) == sorted(expected) and len(names) == 24
 
 

@@ -31,10 +31,11 @@ class BuildSettings:
     """Sizes and schedules of one build; `quick()` is the ~1-2 minute end-to-end check."""
 
     image_size: int = task.IMAGE_SIZE
-    dataset_size: int = 8000
+    dataset_size: int = 4000
     vae_channels: tuple = (8, 16, 32)
-    vae_steps: int = 400
+    vae_steps: int = 200
     vae_batch: int = 16
+    vae_lr: float = 3e-3
     text_width: int = 64
     width: int = 64  # transformer inner dim = heads x head_dim
     heads: int = 2
@@ -53,9 +54,10 @@ class BuildSettings:
 
 
 def caption_corpus():
-    """Tokenizer training text: every single-object caption, joined pairwise so ' and ' is seen."""
+    """Tokenizer training text: every caption word on its own line (repeated, so sentencepiece keeps whole words as
+    pieces and a caption stays short), every single-object caption, and pairs joined so ' and ' is seen."""
     singles = [task.caption(task.Scene((o,))) for o in task.all_objects()]
-    return singles + [f"{a} and {b}" for a, b in zip(singles[::2], singles[1::2])]
+    return task.vocabulary() * 20 + singles + [f"{a} and {b}" for a, b in zip(singles[::2], singles[1::2])]
 
 
 def text_encoder_configs(clip_vocab, t5_vocab, width):
@@ -123,7 +125,7 @@ def build_toy(out_dir, settings: BuildSettings | None = None, samples_path=None)
         paddle.seed(settings.seed)
         vae = build_vae(settings.vae_channels, sample_size=settings.image_size)
         t0 = time.time()
-        train_vae(vae, images, settings.vae_steps, settings.vae_batch, seed=settings.seed)
+        train_vae(vae, images, settings.vae_steps, settings.vae_batch, lr=settings.vae_lr, seed=settings.seed)
         report["vae_seconds"] = round(time.time() - t0, 1)
         report["vae_psnr_eval_db"] = round(reconstruction_psnr(vae, held_images), 2)
         _log(f"VAE reconstruction PSNR on held-out scenes: {report['vae_psnr_eval_db']} dB")

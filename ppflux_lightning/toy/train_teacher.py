@@ -23,17 +23,17 @@ from ..schedulers.flow_match import time_shift
 class TeacherSchedule:
     """Optimisation settings of the toy teacher."""
 
-    steps: int = 3000
-    guidance_steps: int = 600  # the last steps of `steps` are guidance distillation (0 = phase 1 only)
+    steps: int = 400
+    guidance_steps: int = 80  # the last steps of `steps` are guidance distillation (0 = phase 1 only)
     batch_size: int = 64
-    lr: float = 1e-3
-    warmup: int = 100
+    lr: float = 2e-3
+    warmup: int = 30
     weight_decay: float = 0.0
     drop_prob: float = 0.1
     guidance_range: tuple = (1.0, 5.0)
     logit_mean: float = 0.0
     logit_std: float = 1.0
-    ema_decay: float = 0.995
+    ema_decay: float = 0.99
     seed: int = 0
 
     def __post_init__(self):
