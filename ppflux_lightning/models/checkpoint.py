@@ -95,6 +95,8 @@ def torch_layout_state(model):
     """model parameters as float32 numpy arrays in PyTorch layout, plus the set of keys that are bf16."""
     tensors, bf16 = {}, set()
     for name, param in model.state_dict().items():
+        if name.endswith((".lora_A", ".lora_B")):  # adapters are saved with save_lora_weights, not here
+            continue
         array = param.astype("float32").numpy() if param.dtype == paddle.bfloat16 else param.numpy()
         if param.dtype == paddle.bfloat16:
             bf16.add(name)

@@ -211,7 +211,15 @@ class FluxTransformer2DModel(nn.Layer):
 
     def save_pretrained(self, path, max_shard_bytes=None):
         """Write config.json + diffusion_pytorch_model.safetensors in diffusers layout (PyTorch `[out, in]`
-        weights), atomically; sharded with an index when `max_shard_bytes` is given."""
+        weights), atomically; sharded with an index when `max_shard_bytes` is given. LoRA adapters are not part
+        of the checkpoint: fuse them first to bake them in, or save them with `lora.save_lora_weights`."""
+        unfused = [n for n, layer in self.named_sublayers() if getattr(layer, "lora_A", None) is not None
+                   and getattr(layer, "fused_scale", None) is None]
+        if unfused:
+            raise ValueError(
+                f"{len(unfused)} LoRA adapters (e.g. {unfused[0]!r}) are not fused: fuse_lora() to bake them into the "
+                "weights, or unload_lora() and save them with save_lora_weights()"
+            )
         checkpoint.save_diffusers_folder(self, path, self.config.to_dict(), max_shard_bytes=max_shard_bytes)
 
 
