@@ -98,7 +98,7 @@ class RandomTransformerWorkload:
 class PipelineWorkload:
     """`ppflux_lightning.pipelines.FluxPipeline` on a diffusers-layout folder; images as float arrays in [0, 1]."""
 
-    def __init__(self, model_dir, prompts, height, width, guidance, seed):
+    def __init__(self, model_dir, prompts, height, width, guidance, seed, lora=None, lora_scale=1.0):
         try:
             from ppflux_lightning.pipelines import FluxPipeline
         except ImportError as error:
@@ -107,9 +107,11 @@ class PipelineWorkload:
             raise FileNotFoundError(f"model folder {model_dir!r} does not exist")
         self.pipe = FluxPipeline.from_pretrained(model_dir)
         self.pipe.set_progress_bar_config(disable=True)
+        if lora:
+            self.pipe.load_lora_weights(lora, scale=lora_scale)
         self.prompts, self.height, self.width, self.guidance, self.seed = prompts, height, width, guidance, seed
         self.description = (f"FluxPipeline on {model_dir}: {len(prompts)} prompt(s), {height}x{width}, "
-                            f"guidance {guidance}, seed {seed}")
+                            f"guidance {guidance}, seed {seed}" + (f", LoRA {lora} x{lora_scale}" if lora else ""))
 
     def run(self, config, steps):
         if config is None:
@@ -291,6 +293,8 @@ def main(argv=None):
     pipe_group.add_argument("--height", type=int, default=256)
     pipe_group.add_argument("--image-width", type=int, default=256)
     pipe_group.add_argument("--guidance", type=float, default=3.5)
+    pipe_group.add_argument("--lora", help="LoRA file or folder loaded into the pipeline (e.g. the 4-step student)")
+    pipe_group.add_argument("--lora-scale", type=float, default=1.0)
     args = parser.parse_args(argv)
 
     steps_list = [int(s) for s in args.steps.split(",") if s]
@@ -303,7 +307,8 @@ def main(argv=None):
         workload = RandomTransformerWorkload(args.width, args.heads, args.double, args.single, args.grid,
                                              args.text_tokens, args.batch, args.seed)
     else:
-        workload = PipelineWorkload(args.model, args.prompts, args.height, args.image_width, args.guidance, args.seed)
+        workload = PipelineWorkload(args.model, args.prompts, args.height, args.image_width, args.guidance, args.seed,
+                                    args.lora, args.lora_scale)
     print(workload.description)
     rows_by_steps = {steps: measure(workload, configs, steps, args.repeats) for steps in steps_list}
     table = markdown(rows_by_steps, workload.description, args.repeats)

@@ -65,7 +65,7 @@ class Bench:
         self.model = qs.ensure_toy_model(args.model)
         image_size, _, _ = qs.toy_settings(self.model)
         self.data = qs.write_train_data(os.path.join(args.out, "train_data"), args.train_images, image_size)
-        self.features = qs.load_features(args.features or os.path.join(args.out, "task_features"),
+        self.features = qs.load_features(args.features or qs.default_features_dir(self.model, args.out),
                                          image_size=image_size)
         self.prompts, self.seeds = qs.eval_prompt_set(args.eval_prompts)
         self.sampler = qs.Sampler(self.model)

@@ -218,10 +218,15 @@ def test_tiny_pipeline_loads_here_and_in_diffusers(tmp_path):
     schnell = build_tiny_pipeline(str(tmp_path / "tiny-schnell"), seed=0, guidance_embeds=False)
     with open(os.path.join(schnell, "transformer", "config.json")) as f:
         assert json.load(f)["guidance_embeds"] is False
-    with open(os.path.join(out, "transformer", "diffusion_pytorch_model.safetensors"), "rb") as a, open(
-        os.path.join(schnell, "transformer", "diffusion_pytorch_model.safetensors"), "rb"
-    ) as b:
-        assert a.read() != b.read()
+    again = build_tiny_pipeline(str(tmp_path / "tiny-again"), seed=0)
+    other = build_tiny_pipeline(str(tmp_path / "tiny-seed1"), seed=1)
+    for sub in ("transformer/diffusion_pytorch_model.safetensors", "text_encoder_2/model.safetensors",
+                "vae/diffusion_pytorch_model.safetensors"):
+        def read(folder, sub=sub):
+            with open(os.path.join(folder, sub), "rb") as f:
+                return f.read()
+
+        assert read(again) == read(out) != read(other), sub  # same seed, same weights
 
 
 def test_infer_tool_writes_a_grid(tmp_path):
@@ -260,6 +265,11 @@ def test_bad_input(case, tmp_path):
         pipe(prompts, height=height, width=width, output_type="jpg")
     with pytest.raises(ConfigError, match="float64"):
         FluxPipeline.from_pretrained(folder, dtype="float64")
+    if paddle.get_device() == "cpu":  # CI: Paddle's CPU build; bf16 loads but cannot run there
+        half = FluxPipeline.from_pretrained(folder, dtype="bfloat16")
+        assert half.transformer.dtype == paddle.bfloat16 and half.vae.dtype == paddle.bfloat16
+        with pytest.raises(ValueError, match="dtype bfloat16 needs a GPU"):
+            half(prompts, height=height, width=width)
     with pytest.raises(FileNotFoundError, match="not found"):
         FluxPipeline.from_pretrained(str(tmp_path / "nope"))
     broken = str(tmp_path / "broken")
@@ -270,3 +280,15 @@ def test_bad_input(case, tmp_path):
     os.remove(os.path.join(broken, "model_index.json"))
     with pytest.raises(FileNotFoundError, match="no model_index.json"):
         FluxPipeline.from_pretrained(broken)
+
+
+def test_loading_leaves_the_folder_untouched(dev):
+    _, folder, _, _ = dev
+
+    def snapshot():
+        return {os.path.join(root, f): os.path.getmtime(os.path.join(root, f))
+                for root, _, files in os.walk(folder) for f in files}
+
+    before = snapshot()
+    FluxPipeline.from_pretrained(folder)
+    assert snapshot() == before

@@ -95,7 +95,7 @@ def build_t5_encoder(hf_config, dtype="float32", lazy=False):
     """A paddlenlp T5EncoderModel from an HF `T5EncoderModel` config dict (random weights unless `lazy`)."""
     from paddlenlp.transformers import T5Config, T5EncoderModel
 
-    if hf_config.get("model_type", "t5") not in ("t5", "umt5"):
+    if hf_config.get("model_type", "t5") != "t5":
         raise ConfigError(f"text_encoder_2 config has model_type {hf_config.get('model_type')!r}, expected 't5'")
     proj = hf_config.get("feed_forward_proj", "relu")
     if proj not in ("relu", "gated-gelu"):

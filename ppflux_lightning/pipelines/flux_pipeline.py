@@ -210,6 +210,11 @@ class FluxPipeline(FluxLoraLoaderMixin, CacheMixin):
         prompt_embeds=None,
         pooled_prompt_embeds=None,
     ):
+        if self.dtype != paddle.float32 and paddle.get_device() == "cpu":
+            raise ValueError(
+                f"dtype {str(self.dtype).replace('paddle.', '')} needs a GPU: Paddle's CPU build has no half-precision "
+                "matmul/add kernels; load the pipeline with dtype='float32' on CPU"
+            )
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {list(OUTPUT_TYPES)}, got {output_type!r}")
         if num_images_per_prompt < 1:

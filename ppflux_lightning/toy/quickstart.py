@@ -181,6 +181,16 @@ def load_features(folder, train_steps=400, seed=0, image_size=task.IMAGE_SIZE):
     return TaskFeatures(folder)
 
 
+def default_features_dir(model_dir, out_dir):
+    """A feature network committed next to the toy model (`<model>/../task_features`), else `<out>/task_features`."""
+    from ..eval.features import TASK_FEATURES_WEIGHTS
+
+    beside = os.path.join(os.path.dirname(os.path.abspath(model_dir.rstrip("/"))), "task_features")
+    if os.path.isfile(os.path.join(beside, TASK_FEATURES_WEIGHTS)):
+        return beside
+    return os.path.join(out_dir, "task_features")
+
+
 def score_images(images, prompts, reference, feature_fn, reference_features=None):
     """FID-to-teacher, adherence (%) and PSNR vs the teacher (dB, mean over pairs) of one image set."""
     from ..eval.adherence import adherence_score
@@ -225,7 +235,7 @@ class QuickstartSettings:
     eval_prompts: int = 64
     grid_columns: int = 8
     seed: int = 0
-    features: str = ""              # FID feature network folder ("" = <out>/task_features, trained if missing)
+    features: str = ""              # FID feature network folder ("" = default_features_dir; trained if missing)
     feature_steps: int = 400
     quick_build: bool = False       # build the toy teacher with the quick settings when it is missing
     overrides: tuple = ()
@@ -248,7 +258,7 @@ def run_quickstart(s: QuickstartSettings):
     lora_path = train_student(cfg)
     train_seconds = time.time() - t0
 
-    features = load_features(s.features or os.path.join(s.out, "task_features"), s.feature_steps, s.seed, image_size)
+    features = load_features(s.features or default_features_dir(model, s.out), s.feature_steps, s.seed, image_size)
     prompts, seeds = eval_prompt_set(s.eval_prompts)
     sampler = Sampler(model)
     teacher50, t50 = sampler.sample(prompts, seeds, 50, "teacher@50")
