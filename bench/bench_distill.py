@@ -43,6 +43,7 @@ def parse_args(argv=None):
     p.add_argument("--ablations", default=",".join(n for _, n in ABLATIONS),
                    help="comma-separated configs/toy names to train (default: all four)")
     p.add_argument("--features", default="", help="FID feature network folder (default <out>/task_features)")
+    p.add_argument("--feature-steps", type=int, default=400, help="training steps of the feature network if absent")
     p.add_argument("--quick", action="store_true", help="short schedule: 60 steps, 1000 images, 48 prompts")
     p.add_argument("--timing-repeats", type=int, default=3, help="interleaved timing rounds at the end")
     args = p.parse_args(argv)
@@ -66,7 +67,7 @@ class Bench:
         image_size, _, _ = qs.toy_settings(self.model)
         self.data = qs.write_train_data(os.path.join(args.out, "train_data"), args.train_images, image_size)
         self.features = qs.load_features(args.features or qs.default_features_dir(self.model, args.out),
-                                         image_size=image_size)
+                                         args.feature_steps, image_size=image_size)
         self.prompts, self.seeds = qs.eval_prompt_set(args.eval_prompts)
         self.sampler = qs.Sampler(self.model)
         self.rows, self.grid = {}, []

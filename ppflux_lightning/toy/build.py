@@ -33,9 +33,9 @@ class BuildSettings:
     image_size: int = task.IMAGE_SIZE
     dataset_size: int = 4000
     vae_channels: tuple = (8, 16, 32)
-    vae_steps: int = 200
+    vae_steps: int = 600
     vae_batch: int = 16
-    vae_lr: float = 3e-3
+    vae_lr: float = 5e-3
     text_width: int = 64
     width: int = 64  # transformer inner dim = heads x head_dim
     heads: int = 2

@@ -230,7 +230,7 @@ class QuickstartSettings:
     out: str = os.path.join("outputs", "quickstart")
     model: str = DEFAULT_MODEL
     config: str = os.path.join(CONFIG_DIR, "full.yaml")
-    steps: int = 150                # generator steps of the student
+    steps: int = 100                # generator steps of the student
     train_images: int = 2000
     eval_prompts: int = 64
     grid_columns: int = 8
