@@ -14,6 +14,7 @@ import ppflux_lightning  # noqa: F401  (sets the MKL switch before paddle is imp
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -319,7 +320,7 @@ def main(argv=None):
     rows_by_steps = {steps: measure(workload, configs, steps, args.repeats) for steps in steps_list}
     table = markdown(rows_by_steps, workload.description, args.repeats)
     print(table)
-    command = "python bench/bench_cache.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python bench/bench_cache.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     with atomic_file(args.out + ".md") as tmp, open(tmp, "w") as f:
         f.write(f"Command: `{command}`\n\n{table}\n")
     with atomic_file(args.out + ".json") as tmp, open(tmp, "w") as f:

@@ -103,11 +103,13 @@ def bench_config(name, folder, repeats, teacher_repeats, threads):
         with torch.no_grad():
             return ref.transformer(**th_in).sample.numpy()
 
+    print(f"[{name}] per-step timings", file=sys.stderr)
     onednn = StaticGraph(os.path.join(export_dir, "transformer"), onednn=True, threads=threads)
     step = median_ms({"dygraph": dygraph_step, "static": lambda: deploy.graphs["transformer"](**arrays),
                       "static_onednn": lambda: onednn(**arrays), "diffusers": torch_step}, repeats)
 
     # ---- end to end, 4 steps, identical initial latents
+    print(f"[{name}] end-to-end timings", file=sys.stderr)
     latents = make_latents(1, 1, cfg.in_channels // 4, h, w)
     call = dict(height=height, width=width, guidance_scale=3.5, max_sequence_length=text_len, output_type="np")
     results = {}
@@ -125,6 +127,7 @@ def bench_config(name, folder, repeats, teacher_repeats, threads):
     diffs = {k: float(np.abs(results[k] - results["dygraph"]).max()) for k in ("static", "diffusers")}
 
     # ---- student (4 steps) vs teacher (28, 50 steps) on the static pipeline
+    print(f"[{name}] student vs teacher timings", file=sys.stderr)
     teacher = median_ms({n: (lambda n=n: deploy(PROMPT, steps=n, latents=latents)) for n in (4, 28, 50)},
                         teacher_repeats)
     return step, end_to_end, diffs, teacher
