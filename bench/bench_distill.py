@@ -186,7 +186,8 @@ def markdown(result, command):
         f"# Distillation ablation on the toy world ({result['steps']} generator steps, seeds {result['seeds']})", "",
         f"Command: `{command}`", "",
         f"{result['eval_prompts']} held-out prompts, one seed each; FID-to-teacher and PSNR against teacher@50 images "
-        "of the same prompts and seeds (the teacher@50 row's FID is the floor: teacher@50 with other seeds). Students "
+        "of the same prompts and seeds. The teacher@50 row's FID is teacher@50 with other seeds: FID's sampling noise "
+        "at this sample size; rows sampled from the same seeds as the reference can go below it. Students "
         "are sampled at 4 steps with the LoRA fused. `±` is half the range over training seeds "
         f"({len(result['seeds'])} seeds). Finished training runs: {result['finished_runs']}.", "",
         "| row | FID-to-teacher | adherence % | PSNR vs teacher (dB) | s / image | speed vs teacher@50 | n |",

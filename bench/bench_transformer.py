@@ -94,7 +94,9 @@ def main():
     rows = []
     for name in args.configs:
         for mkl_fix in (True, False):
-            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+            # Passive OpenMP waiting: otherwise Paddle's idle spinning threads steal the cores from PyTorch's turn.
+            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
+                   "KMP_BLOCKTIME": "0", "OMP_WAIT_POLICY": "PASSIVE"}
             env.pop("MKL_DEBUG_CPU_TYPE", None)
             env["PPFLUX_NO_MKL_FIX"] = "0" if mkl_fix else "1"
             out = subprocess.run([sys.executable, __file__, "--child", name, "--repeats", str(args.repeats),

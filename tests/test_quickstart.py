@@ -122,3 +122,16 @@ def test_scores_on_ground_truth_images():
     mse = ((darker - images) ** 2).mean(axis=(1, 2, 3))
     assert scored["psnr_vs_teacher"] == pytest.approx(np.mean(10 * np.log10(1 / mse)), rel=1e-9)
     assert scored["fid_to_teacher"] > 0
+
+
+def test_stale_checkpoints_of_another_config_are_discarded(tmp_path):
+    from ppflux_lightning.engine.checkpoint import STATE_FILE
+
+    out = tmp_path / "run"
+    (out / "checkpoint-4").mkdir(parents=True)
+    (out / "checkpoint-4" / STATE_FILE).write_text("{}")
+    (out / "config.yaml").write_text("train: {lr: 0.001}\n")
+    qs.discard_stale_checkpoints(str(out), "train: {lr: 0.001}\n")  # same config: resumable, kept
+    assert (out / "checkpoint-4").is_dir()
+    qs.discard_stale_checkpoints(str(out), "train: {lr: 0.0001}\n")
+    assert not (out / "checkpoint-4").exists()

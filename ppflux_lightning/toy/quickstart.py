@@ -118,11 +118,29 @@ def train_student(cfg):
             if json.load(f).get("config") == text:
                 print(f"[distill] {out}: finished earlier with the same config, skipped", flush=True)
                 return lora_path
+    discard_stale_checkpoints(out, text)
     started = time.time()
     Trainer(cfg, resume="latest", config_text=text).train()
     with atomic_file(marker) as tmp, open(tmp, "w") as f:
         json.dump({"config": text, "train_seconds": round(time.time() - started, 1)}, f)
     return lora_path
+
+
+def discard_stale_checkpoints(out_dir, config_text):
+    """Remove `checkpoint-*` left in `out_dir` by a run with another config, so `resume=latest` never continues it."""
+    import shutil
+
+    from ..engine.checkpoint import list_checkpoints
+
+    path = os.path.join(out_dir, "config.yaml")
+    if not os.path.isdir(out_dir) or not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        if f.read() == config_text:
+            return
+    for _, folder in list_checkpoints(out_dir):
+        print(f"[distill] {folder}: written with another config, removed", flush=True)
+        shutil.rmtree(folder)
 
 
 # ---------------------------------------------------------------- sampling and metrics
