@@ -19,8 +19,18 @@ def main(argv=None):
     parser.add_argument("--out", default="assets/toy/flux-toy", help="pipeline folder to write (replaced whole)")
     parser.add_argument("--quick", action="store_true", help="tiny schedules: an end-to-end check in 1-2 minutes")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--vae-steps", type=int, default=None, help="override the VAE's training steps")
+    parser.add_argument("--teacher-steps", type=int, default=None, help="override the teacher's training steps")
+    parser.add_argument("--guidance-steps", type=int, default=None, help="override the guidance-distillation steps")
     args = parser.parse_args(argv)
     settings = BuildSettings.quick(args.seed) if args.quick else BuildSettings(seed=args.seed)
+    if args.vae_steps is not None:
+        settings.vae_steps = args.vae_steps
+    for name in ("teacher_steps", "guidance_steps"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(settings.teacher, name.replace("teacher_", ""), value)
+    settings.teacher.__post_init__()  # re-check the overridden schedule
     out = args.out.rstrip("/")
     report = build_toy(out, settings, samples_path=out + "-samples.png")
     with atomic_file(out + "-report.json") as tmp:

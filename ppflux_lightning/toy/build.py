@@ -49,8 +49,8 @@ class BuildSettings:
 
     @classmethod
     def quick(cls, seed=0):
-        return cls(dataset_size=256, vae_steps=20, vae_batch=8, teacher=TeacherSchedule(
-            steps=30, guidance_steps=10, batch_size=16, warmup=5, seed=seed), sample_steps=4, eval_prompts=4, seed=seed)
+        return cls(dataset_size=64, vae_steps=8, vae_batch=4, teacher=TeacherSchedule(
+            steps=12, guidance_steps=4, batch_size=8, warmup=2, seed=seed), sample_steps=2, eval_prompts=2, seed=seed)
 
 
 def caption_corpus():
@@ -121,7 +121,8 @@ def build_toy(out_dir, settings: BuildSettings | None = None, samples_path=None)
         # --- data and VAE
         _log(f"rendering {settings.dataset_size} training images ({settings.image_size} px)")
         images, captions = task.sample_dataset(settings.dataset_size, settings.image_size, settings.seed)
-        held_images, _ = task.sample_dataset(128, settings.image_size, settings.seed + 1, split="eval")
+        held_images, _ = task.sample_dataset(min(128, settings.dataset_size), settings.image_size, settings.seed + 1,
+                                             split="eval")
         paddle.seed(settings.seed)
         vae = build_vae(settings.vae_channels, sample_size=settings.image_size)
         t0 = time.time()

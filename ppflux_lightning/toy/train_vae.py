@@ -49,8 +49,9 @@ def train_vae(vae, images: np.ndarray, steps: int, batch_size: int = 16, lr: flo
     """L1 + MSE reconstruction with a small KL term, AdamW with a cosine schedule; returns the loss history.
 
     Pixels that differ from the background weigh ``object_weight`` times more: objects cover a small part of a
-    toy image, and an unweighted loss first learns a grey blob of the wrong colour. Random ``crop`` windows cut the cost (the VAE is convolutional). By default the decoder sees the posterior mean,
-    which converges several times faster on this budget than sampling; the KL term still bounds the latents.
+    toy image, and an unweighted loss first learns a grey blob of the wrong colour. Random ``crop`` windows cut the
+    cost (the VAE is convolutional). By default the decoder sees the posterior mean, which converged faster on this
+    budget than sampling; the KL term still bounds the latents.
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
