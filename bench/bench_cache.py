@@ -1,10 +1,12 @@
 """Benchmark the cache policies against the uncached run, side by side in one process.
 
-For each method and threshold: median wall clock of the whole denoising loop and its speedup over the uncached
-median, the fraction of block evaluations skipped, and PSNR/SSIM of the output against the uncached output.
-Writes PREFIX.md (table), PREFIX.json and PREFIX.png (speed/quality Pareto plot).
+For each method and threshold: median wall clock of the denoising run and its speedup over the uncached median, the
+fraction of block evaluations skipped, and against the uncached images of the same prompts and seeds: PSNR/SSIM,
+FID (toy-task or Inception features) and, on a toy model, prompt adherence. Writes PREFIX.md (table), PREFIX.json
+and PREFIX.png (speed/quality Pareto plot).
 
     python bench/bench_cache.py --model DIR --steps 50,28          # a diffusers-layout FLUX folder (the pipeline)
+    python bench/bench_cache.py --model DIR --lora LORA --steps 4  # a LoRA student (fused)
     python bench/bench_cache.py --random-medium --steps 28         # random transformer, for timing only
 """
 
@@ -24,9 +26,13 @@ import paddle
 from tqdm import tqdm
 
 from ppflux_lightning.acceleration import POLICIES, CacheConfig, build_policy
+from ppflux_lightning.eval.adherence import adherence_score
+from ppflux_lightning.eval.evaluate import load_feature_fn, sampling_defaults
+from ppflux_lightning.eval.fid import extract_features, fid_from_features
 from ppflux_lightning.eval.image_metrics import psnr, ssim
 from ppflux_lightning.models.flux_transformer import FluxConfig, FluxTransformer2DModel
 from ppflux_lightning.schedulers.flow_match import FlowMatchEulerScheduler
+from ppflux_lightning.toy.quickstart import default_features_dir, eval_prompt_set
 from ppflux_lightning.utils.atomic import atomic_file
 
 # Calibrated on the trained toy teacher (block 0 changes a few % per step, as in FLUX.1); a random transformer needs
@@ -38,6 +44,7 @@ DEFAULT_THRESHOLDS = {
     "teablockcache": [0.1, 0.2, 0.4],
     "sortblock": [0.25, 0.5, 1.0],
 }
+FEATURES_FALLBACK_DIR = os.path.join("outputs", "bench_cache", "task_features")
 COLORS = {"teacache": "#d62728", "fbcache": "#ff7f0e", "firstblock_taylor": "#1f77b4", "teablockcache": "#2ca02c",
           "sortblock": "#9467bd"}
 
@@ -74,8 +81,8 @@ class RandomTransformerWorkload:
         self.range = None
 
     @paddle.no_grad()
-    def run(self, config, steps):
-        """Returns (outputs [N, H, W, C], policy or None)."""
+    def run(self, config, steps, timing=True):
+        """(outputs [N, H, W, C], cache stats or None); the timing run is also the quality run here."""
         policy = build_policy(config) if config is not None else None
         scheduler = FlowMatchEulerScheduler()
         scheduler.set_timesteps(steps, image_seq_len=self.grid * self.grid)
@@ -95,66 +102,129 @@ class RandomTransformerWorkload:
         if config is None:  # the uncached output fixes the [0, 1] scaling shared by every run
             self.range = (out.min(), out.max())
         low, high = self.range
-        return (out - low) / (high - low), policy
+        return (out - low) / (high - low), policy.stats.as_dict() if policy is not None else None
 
 
 class PipelineWorkload:
-    """`ppflux_lightning.pipelines.FluxPipeline` on a diffusers-layout folder; images as float arrays in [0, 1]."""
+    """`ppflux_lightning.pipelines.FluxPipeline` on a diffusers-layout folder: prompt i always starts from the noise of
+    seed `seeds[i]`, sampled in batches of `batch_size`; images as float arrays in [0, 1]. Timing runs only the first
+    `timing_batches` batches (repeated); quality runs the whole prompt set once."""
 
-    def __init__(self, model_dir, prompts, height, width, guidance, seed, lora=None, lora_scale=1.0,
-                 max_sequence_length=512):
+    separate_quality_run = True
+
+    def __init__(self, model_dir, prompts, seeds, height, width, guidance, lora=None, lora_scale=1.0,
+                 max_sequence_length=512, batch_size=16, timing_batches=1):
         try:
-            from ppflux_lightning.pipelines import FluxPipeline
+            from ppflux_lightning.pipelines.flux_pipeline import FluxPipeline, make_latents
         except ImportError as error:
             raise SystemExit(f"--model needs ppflux_lightning.pipelines.FluxPipeline, unavailable: {error}") from None
         if not os.path.isdir(model_dir):
             raise FileNotFoundError(f"model folder {model_dir!r} does not exist")
+        if batch_size < 1 or timing_batches < 1:
+            raise ValueError(f"--batch-size and --timing-batches must be >= 1, got {batch_size} and {timing_batches}")
         self.pipe = FluxPipeline.from_pretrained(model_dir)
         self.pipe.set_progress_bar_config(disable=True)
-        if lora:
+        if lora:  # fused, so a step of the student costs what a teacher step costs
             self.pipe.load_lora_weights(lora, scale=lora_scale)
-        self.prompts, self.height, self.width, self.guidance, self.seed = prompts, height, width, guidance, seed
-        self.max_sequence_length = max_sequence_length
-        self.description = (f"FluxPipeline on {model_dir}: {len(prompts)} prompt(s), {height}x{width}, "
-                            f"guidance {guidance}, seed {seed}" + (f", LoRA {lora} x{lora_scale}" if lora else ""))
+            self.pipe.fuse_lora()
+        self.make_latents = make_latents
+        self.prompts, self.seeds = list(prompts), list(seeds)
+        self.height, self.width, self.guidance = height, width, guidance
+        self.max_sequence_length, self.batch_size = max_sequence_length, batch_size
+        self.timing_count = min(len(self.prompts), batch_size * timing_batches)
+        self.description = (f"FluxPipeline on {model_dir}{f' + LoRA {lora} x{lora_scale:g} (fused)' if lora else ''}:"
+                            f" {height}x{width}, guidance {guidance}; quality on {len(self.prompts)} prompts with "
+                            f"one seed each (batches of {batch_size}), timing on the first {self.timing_count}")
 
-    def run(self, config, steps):
-        if config is None:
-            self.pipe.disable_cache()
-        else:
-            self.pipe.enable_cache(config)
-        try:
-            images = self.pipe(self.prompts, num_inference_steps=steps, height=self.height, width=self.width,
-                               guidance_scale=self.guidance, seed=self.seed, output_type="np",
-                               max_sequence_length=self.max_sequence_length)
-        finally:
-            policy = self.pipe.cache_policy
-            self.pipe.disable_cache()
-        images = getattr(images, "images", images)
-        return np.clip(np.asarray(images, np.float64), 0.0, 1.0), policy
+    def latents(self, seeds):
+        scale = self.pipe.vae_scale_factor
+        channels = self.pipe.transformer.config.in_channels // 4
+        return np.concatenate([self.make_latents(int(s), 1, channels, self.height // scale, self.width // scale)
+                               for s in seeds])
+
+    def run(self, config, steps, timing=True, seed_offset=0):
+        """(images [N, H, W, 3], summed cache stats or None) over the timing prompts or the whole prompt set."""
+        count = self.timing_count if timing else len(self.prompts)
+        images, stats = [], None
+        for start in range(0, count, self.batch_size):
+            prompts = self.prompts[start:min(start + self.batch_size, count)]
+            seeds = [s + seed_offset for s in self.seeds[start:start + len(prompts)]]
+            if config is None:
+                self.pipe.disable_cache()
+            else:
+                self.pipe.enable_cache(config)
+            try:
+                out = self.pipe(prompts, num_inference_steps=steps, height=self.height, width=self.width,
+                                guidance_scale=self.guidance, latents=self.latents(seeds), output_type="np",
+                                max_sequence_length=self.max_sequence_length)
+            finally:
+                policy = self.pipe.cache_policy
+                self.pipe.disable_cache()
+            images.append(np.asarray(getattr(out, "images", out), np.float64))
+            if policy is not None:
+                batch = policy.stats.as_dict()
+                stats = batch if stats is None else {k: stats[k] + batch[k] for k in stats}
+        if stats is not None:
+            total = stats["blocks_run"] + stats["blocks_skipped"]
+            stats["skipped_fraction"] = stats["blocks_skipped"] / total if total else 0.0
+        return np.clip(np.concatenate(images), 0.0, 1.0), stats
 
 
-def measure(workload, configs, steps, repeats):
-    """Interleaved repeats (uncached first in each round) so machine noise hits every configuration alike."""
+class QualityScorer:
+    """FID of a cached image set against the uncached set of the same prompts and seeds (toy-task or Inception
+    features), toy prompt adherence, and the FID floor: the uncached model with other seeds."""
+
+    def __init__(self, feature_fn, prompts, adherence):
+        self.feature_fn, self.prompts, self.adherence = feature_fn, prompts, adherence
+        self.reference = None
+
+    def set_reference(self, images):
+        if self.feature_fn is not None:
+            self.reference = extract_features(images, self.feature_fn, desc="FID features")
+
+    def __call__(self, images):
+        scores = {}
+        if self.feature_fn is not None:
+            scores["fid"] = fid_from_features(extract_features(images, self.feature_fn, desc="FID features"),
+                                              self.reference)
+        if self.adherence:
+            scores["adherence"] = 100.0 * adherence_score(images, self.prompts)
+        return scores
+
+
+def measure(workload, configs, steps, repeats, scorer=None):
+    """Interleaved timing repeats (uncached first in each round) so machine noise hits every configuration alike,
+    then one quality run per configuration (the timing run itself for workloads without a separate quality set)."""
     workload.run(None, min(steps, 2))  # warm-up
     labels = ["uncached"] + [f"{c.method}@{c.threshold:g}" for c in configs]
     times = {label: [] for label in labels}
-    results = {}
-    bar = tqdm(total=repeats * len(labels), desc=f"{steps} steps", file=sys.stdout, mininterval=10)
+    timed = {}
+    bar = tqdm(total=repeats * len(labels), desc=f"{steps} steps, timing", file=sys.stdout, mininterval=10)
     for r in range(repeats):
         for label, config in zip(labels, [None] + configs):
             start = time.perf_counter()
-            out, policy = workload.run(config, steps)
+            out, stats = workload.run(config, steps)
             times[label].append(time.perf_counter() - start)
             if r == 0:
-                results[label] = (config, out, policy.stats.as_dict() if policy is not None else None)
+                timed[label] = (out, stats)
             bar.update()
     bar.close()
-    reference = results["uncached"][1]
+    separate = getattr(workload, "separate_quality_run", False)
+    results = {}
+    for label, config in tqdm(list(zip(labels, [None] + configs)), desc=f"{steps} steps, quality", file=sys.stdout,
+                              mininterval=10, disable=not separate):
+        results[label] = workload.run(config, steps, timing=False) if separate else timed[label]
+    reference = results["uncached"][0]
+    floor = None
+    if scorer is not None:
+        scorer.set_reference(reference)
+        if separate:  # what an independent draw of the same prompts scores: the scale FIDs are read against
+            floor = scorer(workload.run(None, steps, timing=False, seed_offset=10**6)[0])
     base = statistics.median(times["uncached"])
     rows = []
-    for label in labels:
-        config, out, stats = results[label]
+    for label, config in zip(labels, [None] + configs):
+        out, stats = results[label]
+        timed_stats = timed[label][1]
         median = statistics.median(times[label])
         ratios = [u / t for u, t in zip(times["uncached"], times[label])]
         rows.append({
@@ -165,62 +235,82 @@ def measure(workload, configs, steps, repeats):
             "median_s": median,
             "speedup": base / median,
             "speedup_paired_median": statistics.median(ratios),
+            "skipped_fraction_timed": timed_stats["skipped_fraction"] if timed_stats else 0.0,
             "skipped_fraction": stats["skipped_fraction"] if stats else 0.0,
-            "full_steps": stats["full_steps"] if stats else steps,
+            "full_steps": timed_stats["full_steps"] * steps / timed_stats["steps"] if timed_stats else steps,
+            "images": len(out),
             "psnr": float(np.mean(np.minimum(psnr(out, reference), 99.0))),
             "ssim": float(np.mean(ssim(out, reference))),
+            **(scorer(out) if scorer is not None else {}),
             "times_s": times[label],
         })
-    return rows
+    return {"rows": rows, "floor": floor}
 
 
-def markdown(rows_by_steps, description, repeats):
+def markdown(results_by_steps, description, repeats):
     lines = [f"Workload: {description}. Medians of {repeats} interleaved repeats; the machine is shared and noisy "
-             "(2 cores, other jobs running), so read speedups as ratios measured side by side, not absolute times.", ""]
-    for steps, rows in rows_by_steps.items():
+             "(2 cores, other jobs running), so read speedups as ratios measured side by side, not absolute times. "
+             "Skipped blocks: on the timed batch / on the whole quality set; quality columns: whole quality set "
+             "against the uncached images of the same prompts and seeds.", ""]
+    for steps, result in results_by_steps.items():
+        rows = result["rows"]
+        extra = [k for k in ("fid", "adherence") if k in rows[0]]
+        names = {"fid": "FID to uncached", "adherence": "adherence %"}
         lines += [f"### {steps} steps", "",
                   "| method | threshold | median s | speedup | paired speedup | skipped blocks | full steps | PSNR dB "
-                  "| SSIM |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| SSIM |" + "".join(f" {names[k]} |" for k in extra),
+                  "|---|---|---|---|---|---|---|---|---|" + "---|" * len(extra)]
         for r in rows:
             thr = "-" if r["threshold"] is None else f"{r['threshold']:g}"
             psnr_text = "inf" if r["psnr"] >= 99 else f"{r['psnr']:.2f}"
             lines.append(f"| {r['method']} | {thr} | {r['median_s']:.2f} | {r['speedup']:.2f}x | "
-                         f"{r['speedup_paired_median']:.2f}x | {100 * r['skipped_fraction']:.1f}% | "
-                         f"{r['full_steps']}/{steps} | {psnr_text} | {r['ssim']:.4f} |")
+                         f"{r['speedup_paired_median']:.2f}x | {100 * r['skipped_fraction_timed']:.1f}% / "
+                         f"{100 * r['skipped_fraction']:.1f}% | {r['full_steps']:.3g}/{steps} | {psnr_text} | "
+                         f"{r['ssim']:.4f} |" + "".join(f" {r[k]:.2f} |" for k in extra))
+        floor = result.get("floor")
+        if floor:
+            lines += ["", f"Scale: the uncached model on the same {rows[0]['images']} prompts with other seeds scores "
+                      + ", ".join(f"{names[k]} {v:.2f}" for k, v in floor.items())
+                      + " (FID of an independent draw at this sample count)."]
         lines.append("")
     return "\n".join(lines)
 
 
-def pareto_plot(rows_by_steps, path, title):
-    """SSIM against speedup, one line per method and step count (points in threshold order, dashed for the second
-    step count); matplotlib when installed, else PIL drawing."""
-    series = []
-    for n, (steps, rows) in enumerate(rows_by_steps.items()):
+def pareto_plot(results_by_steps, path, title):
+    """SSIM (and FID, when measured) against speedup, one line per method and step count (points in threshold order,
+    dashed for the second step count); matplotlib when installed, else a PIL drawing of the SSIM panel."""
+    panels = [("ssim", "SSIM against uncached output")]
+    if all("fid" in result["rows"][0] for result in results_by_steps.values()):
+        panels.append(("fid", "FID to uncached images (lower is better)"))
+    series = {key: [] for key, _ in panels}
+    for n, (steps, result) in enumerate(results_by_steps.items()):
+        rows = sorted(result["rows"], key=lambda r: r["threshold"] or 0)
         for method in POLICIES:
-            pts = [(r["speedup"], r["ssim"]) for r in sorted(rows, key=lambda r: r["threshold"] or 0)
-                   if r["method"] == method]
-            if pts:
-                series.append((f"{method} ({steps} steps)", COLORS[method], pts, n % 2))
+            for key in series:
+                pts = [(r["speedup"], r[key]) for r in rows if r["method"] == method]
+                if pts:
+                    series[key].append((f"{method} ({steps} steps)", COLORS[method], pts, n % 2))
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return _pil_plot(series, path, title)
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for name, color, pts, dashed in series:
-        ax.plot(*zip(*pts), marker="o", color=color, linestyle="--" if dashed else "-", label=name)
-    ax.plot([1.0], [1.0], marker="*", color="black", markersize=12, linestyle="none", label="uncached")
-    ax.set_xlabel("speedup over uncached (median wall clock)")
-    ax.set_ylabel("SSIM against uncached output")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+        return _pil_plot(series["ssim"], path, title)
+    fig, axes = plt.subplots(1, len(panels), figsize=(8 * len(panels), 5.5), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels):
+        for name, color, pts, dashed in series[key]:
+            ax.plot(*zip(*pts), marker="o", color=color, linestyle="--" if dashed else "-", label=name)
+        ax.plot([1.0], [1.0 if key == "ssim" else 0.0], marker="*", color="black", markersize=12, linestyle="none",
+                label="uncached")
+        ax.set_xlabel("speedup over uncached (median wall clock)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
 
 
@@ -275,6 +365,31 @@ def parse_thresholds(items):
     return grid
 
 
+def pipeline_workload(args):
+    """The FluxPipeline workload and its quality scorer (FID and, for a toy model, adherence) from the flags."""
+    if not os.path.isdir(args.model):
+        raise FileNotFoundError(f"model folder {args.model!r} does not exist")
+    defaults = sampling_defaults(args.model)
+    if args.prompts:
+        prompts, seeds = args.prompts, list(range(len(args.prompts)))
+    elif defaults["toy"]:
+        prompts, seeds = eval_prompt_set(args.eval_prompts)
+    else:
+        raise SystemExit(f"{args.model} is not a toy model: pass --prompts")
+    pick = lambda value, key: defaults[key] if value is None else value
+    workload = PipelineWorkload(
+        args.model, prompts, [s + args.seed for s in seeds], pick(args.height, "height"),
+        pick(args.image_width, "width"), pick(args.guidance, "guidance_scale"), args.lora, args.lora_scale,
+        pick(args.max_sequence_length, "max_sequence_length"), args.batch_size, args.timing_batches)
+    spec = args.features
+    if spec is None and defaults["toy"]:
+        spec = "task:" + default_features_dir(args.model, os.path.dirname(FEATURES_FALLBACK_DIR))
+    feature_fn = None if spec in (None, "none") else load_feature_fn(spec, image_size=defaults["height"])
+    if feature_fn is None and not defaults["toy"]:
+        return workload, None
+    return workload, QualityScorer(feature_fn, prompts, adherence=defaults["toy"])
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -295,13 +410,20 @@ def main(argv=None):
     random_group.add_argument("--text-tokens", type=int, default=64)
     random_group.add_argument("--batch", type=int, default=1)
     pipe_group = parser.add_argument_group("--model generation")
-    pipe_group.add_argument("--prompts", nargs="+", default=["a red circle above a blue square"])
-    pipe_group.add_argument("--height", type=int, default=256)
-    pipe_group.add_argument("--image-width", type=int, default=256)
-    pipe_group.add_argument("--guidance", type=float, default=3.5)
-    pipe_group.add_argument("--lora", help="LoRA file or folder loaded into the pipeline (e.g. the 4-step student)")
+    pipe_group.add_argument("--prompts", nargs="+", help="prompts (seeds SEED, SEED+1, ...); default for a toy model: "
+                            "--eval-prompts held-out prompts of the toy task")
+    pipe_group.add_argument("--eval-prompts", type=int, default=64, help="toy eval-split prompts, one seed each")
+    pipe_group.add_argument("--batch-size", type=int, default=16, help="prompts per pipeline call")
+    pipe_group.add_argument("--timing-batches", type=int, default=1, help="batches timed (the first ones)")
+    pipe_group.add_argument("--height", type=int, help="default: the toy model's size, else 1024")
+    pipe_group.add_argument("--image-width", type=int, help="default: the toy model's size, else 1024")
+    pipe_group.add_argument("--guidance", type=float, help="default: the toy model's, else 3.5")
+    pipe_group.add_argument("--max-sequence-length", type=int, help="T5 tokens (default: the toy model's, else 512)")
+    pipe_group.add_argument("--lora", help="LoRA file or folder fused into the pipeline (e.g. the 4-step student)")
     pipe_group.add_argument("--lora-scale", type=float, default=1.0)
-    pipe_group.add_argument("--max-sequence-length", type=int, default=512, help="T5 tokens")
+    pipe_group.add_argument("--features", help="FID features: task:DIR (toy classifier, trained into DIR when absent) "
+                            "or inception:FILE.pdparams; 'none' skips FID (default for a toy model: "
+                            f"task:{FEATURES_FALLBACK_DIR} unless assets/toy/task_features exists)")
     args = parser.parse_args(argv)
 
     steps_list = [int(s) for s in args.steps.split(",") if s]
@@ -313,11 +435,11 @@ def main(argv=None):
     if args.random_medium:
         workload = RandomTransformerWorkload(args.width, args.heads, args.double, args.single, args.grid,
                                              args.text_tokens, args.batch, args.seed)
+        scorer = None
     else:
-        workload = PipelineWorkload(args.model, args.prompts, args.height, args.image_width, args.guidance, args.seed,
-                                    args.lora, args.lora_scale, args.max_sequence_length)
+        workload, scorer = pipeline_workload(args)
     print(workload.description)
-    rows_by_steps = {steps: measure(workload, configs, steps, args.repeats) for steps in steps_list}
+    rows_by_steps = {steps: measure(workload, configs, steps, args.repeats, scorer) for steps in steps_list}
     table = markdown(rows_by_steps, workload.description, args.repeats)
     print(table)
     command = "python bench/bench_cache.py " + shlex.join(sys.argv[1:] if argv is None else argv)

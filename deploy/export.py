@@ -2,7 +2,7 @@
 
     [FLAGS_use_cinn=1] python deploy/export.py --model DIR --output EXPORT_DIR [--lora FILE --lora_scale S
         --lora_alpha A] [--height 1024 --width 1024 | --resolutions 1024x1024,768x1344] [--dtype float32]
-        [--steps 4 --guidance 3.5 --max_sequence_length 512]
+        [--steps 4 --guidance 3.5 --max_sequence_length L]
 """
 
 import argparse
@@ -31,7 +31,8 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--guidance", type=float, default=3.5)
-    p.add_argument("--max_sequence_length", type=int, default=512)
+    p.add_argument("--max_sequence_length", type=int, default=None,
+                   help="T5 prompt length (default: the model's tokenizer_2 model_max_length, at most 512)")
     return p.parse_args(argv)
 
 

@@ -22,7 +22,8 @@ def parse_args(argv=None):
     p.add_argument("--width", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num_images", type=int, default=1)
-    p.add_argument("--max_sequence_length", type=int, default=512)
+    p.add_argument("--max_sequence_length", type=int, default=None,
+                   help="T5 prompt length (default: the model's tokenizer_2 model_max_length, at most 512)")
     p.add_argument("--out", default="out.png")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--lora", help="LoRA weights file (diffusers/PEFT, kohya or PaddleMIX format)")

@@ -167,7 +167,7 @@ def export_pipeline(
     resolutions,
     steps=4,
     guidance=3.5,
-    max_sequence_length=512,
+    max_sequence_length=None,
     sigmas=None,
     lora=None,
 ):
@@ -176,6 +176,8 @@ def export_pipeline(
     scheduler). Fuse any LoRA before calling; `lora` ({"file", "scale"}) is only recorded. Returns `output`."""
     if int(steps) < 1:
         raise ConfigError(f"steps must be >= 1, got {steps}")
+    if max_sequence_length is None:  # the T5 tokenizer's model_max_length, at most 512 (16 for the toy model)
+        max_sequence_length = min(MAX_T5_LENGTH, int(pipe.tokenizer_2.model_max_length))
     if not 1 <= int(max_sequence_length) <= MAX_T5_LENGTH:
         raise ConfigError(f"max_sequence_length must be in [1, {MAX_T5_LENGTH}], got {max_sequence_length}")
     vae = _vae_factors(pipe.vae)

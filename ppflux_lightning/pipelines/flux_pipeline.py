@@ -150,9 +150,17 @@ class FluxPipeline(FluxLoraLoaderMixin, CacheMixin):
         return self.transformer.dtype
 
     # ------------------------------------------------------------ text
-    def encode_prompt(self, prompt, max_sequence_length=512):
-        """prompt(s) -> (T5 token embeddings [B, L, D], CLIP pooled [B, P], text ids zeros [L, 3])."""
+    @property
+    def default_max_sequence_length(self):
+        """T5 prompt length when none is given: the T5 tokenizer's `model_max_length`, at most 512 (FLUX.1's)."""
+        return min(MAX_T5_LENGTH, int(self.tokenizer_2.model_max_length))
+
+    def encode_prompt(self, prompt, max_sequence_length=None):
+        """prompt(s) -> (T5 token embeddings [B, L, D], CLIP pooled [B, P], text ids zeros [L, 3]).
+        `max_sequence_length` defaults to `default_max_sequence_length` (512 for FLUX.1, 16 for the toy model)."""
         prompts = _prompt_list(prompt)
+        if max_sequence_length is None:
+            max_sequence_length = self.default_max_sequence_length
         if not 1 <= max_sequence_length <= MAX_T5_LENGTH:
             raise ValueError(f"max_sequence_length must be in [1, {MAX_T5_LENGTH}], got {max_sequence_length}")
         clip_ids = self.tokenizer(
@@ -204,7 +212,7 @@ class FluxPipeline(FluxLoraLoaderMixin, CacheMixin):
         latents=None,
         seed=None,
         num_images_per_prompt=1,
-        max_sequence_length=512,
+        max_sequence_length=None,
         sigmas=None,
         output_type="pil",
         prompt_embeds=None,

@@ -19,7 +19,7 @@ from ..pipelines.flux_pipeline import MODEL_INDEX, FluxPipeline, latent_image_id
 from ..schedulers.flow_match import FlowMatchConfig, FlowMatchEulerScheduler
 from ..utils.atomic import atomic_dir, atomic_file
 from . import task
-from .tokenizers import make_clip_tokenizer, make_t5_tokenizer
+from .tokenizers import make_clip_tokenizer, make_t5_tokenizer, set_model_max_length
 from .train_teacher import TeacherSchedule, train_teacher
 from .train_vae import build_vae, encode_mean, latent_factors, reconstruction_psnr, train_vae
 
@@ -114,6 +114,7 @@ def build_toy(out_dir, settings: BuildSettings | None = None, samples_path=None)
         tokenizer = CLIPTokenizer.from_pretrained(os.path.join(stage, "tokenizer"))
         tokenizer_2 = T5Tokenizer.from_pretrained(os.path.join(stage, "tokenizer_2"))
         max_len = t5_length(tokenizer_2, [task.caption(s) for s in task.all_scenes()[::97]] + corpus)
+        set_model_max_length(os.path.join(stage, "tokenizer_2"), max_len)
         clip_cfg, t5_cfg = text_encoder_configs(clip_vocab, t5_vocab, settings.text_width)
         paddle.seed(settings.seed)
         text_encoder, text_encoder_2 = build_clip_text_model(clip_cfg), build_t5_encoder(t5_cfg)

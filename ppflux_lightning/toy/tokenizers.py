@@ -169,6 +169,15 @@ def _check_corpus(corpus):
     return corpus
 
 
+def set_model_max_length(folder, length):
+    """Record in a tokenizer folder the prompt length its text encoder was trained for; pipelines default to it."""
+    path = os.path.join(folder, "tokenizer_config.json")
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    config["model_max_length"] = int(length)
+    _write_json(path, config)
+
+
 def _write_json(path, obj):
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, ensure_ascii=False, indent=2)
