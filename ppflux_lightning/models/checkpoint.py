@@ -13,20 +13,12 @@ import numpy as np
 import paddle
 
 from ..utils.atomic import atomic_dir
-from ..utils.errors import CheckpointError, ConfigError
-from ..utils.safetensors_io import SafetensorsFile, save_file
+from ..utils.errors import CheckpointError
+from ..utils.safetensors_io import SafetensorsFile
+from .torch_weights import build_in_dtype, check_dtype, save_torch_layout
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
-INDEX_NAME = WEIGHTS_NAME + ".index.json"
 BFL_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
-DTYPES = ("float32", "bfloat16", "float16")
-
-
-def check_dtype(dtype):
-    name = str(dtype).replace("paddle.", "")
-    if name not in DTYPES:
-        raise ConfigError(f"unknown dtype {dtype!r}; choose one of {list(DTYPES)}")
-    return name
 
 
 def safetensors_files(folder):
@@ -50,13 +42,7 @@ def build_and_load(cls, config, files, dtype, key_map=None):
     time. `key_map` maps model keys to `(file key, transform)`; None means the file uses the model's own keys.
     Strict: missing or unexpected keys raise an error listing them."""
     dtype = check_dtype(dtype)
-    previous = paddle.get_default_dtype()
-    paddle.set_default_dtype(dtype)
-    try:
-        with paddle.LazyGuard():
-            model = cls(config)
-    finally:
-        paddle.set_default_dtype(previous)
+    model = build_in_dtype(lambda: cls(config), dtype, lazy=True)
     readers = [SafetensorsFile(f) for f in files]
     where = {k: r for r in readers for k in r.keys()}
     params = model.state_dict()
@@ -109,25 +95,7 @@ def save_diffusers_folder(model, path, config, max_shard_bytes=None):
     with atomic_dir(path) as tmp:
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
-        if not max_shard_bytes:
-            save_file(tensors, os.path.join(tmp, WEIGHTS_NAME), metadata={"format": "pt"}, bf16_keys=bf16)
-            return
-        shards, current, size = [], {}, 0
-        for key in sorted(tensors):
-            nbytes = tensors[key].size * (2 if key in bf16 else tensors[key].itemsize)
-            if current and size + nbytes > max_shard_bytes:
-                shards.append(current)
-                current, size = {}, 0
-            current[key] = tensors[key]
-            size += nbytes
-        shards.append(current)
-        weight_map = {}
-        for i, shard in enumerate(shards):
-            name = f"diffusion_pytorch_model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, os.path.join(tmp, name), metadata={"format": "pt"}, bf16_keys=bf16 & set(shard))
-            weight_map.update({k: name for k in shard})
-        with open(os.path.join(tmp, INDEX_NAME), "w") as f:
-            json.dump({"metadata": {}, "weight_map": weight_map}, f, indent=2)
+        save_torch_layout(tensors, tmp, WEIGHTS_NAME, bf16, max_shard_bytes)
 
 
 # ---------------------------------------------------------------- Black Forest Labs single-file layout

@@ -10,8 +10,14 @@ import os
 
 from ..utils.atomic import atomic_dir
 from ..utils.errors import ConfigError
-from .checkpoint import check_dtype
-from .torch_weights import build_in_dtype, load_torch_layout, save_torch_layout, torch_layout_arrays, weight_files
+from .torch_weights import (
+    build_in_dtype,
+    check_dtype,
+    load_torch_layout,
+    save_torch_layout,
+    torch_layout_arrays,
+    weight_files,
+)
 
 WEIGHTS_NAME = "model.safetensors"
 

@@ -11,9 +11,18 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
-from ..utils.errors import CheckpointError
+from ..utils.errors import CheckpointError, ConfigError
 from ..utils.safetensors_io import SafetensorsFile, save_file
-from .checkpoint import check_dtype
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_dtype(dtype):
+    """A dtype name from `paddle.float32`-style objects or strings; unknown ones are a one-line ConfigError."""
+    name = str(dtype).replace("paddle.", "")
+    if name not in DTYPES:
+        raise ConfigError(f"unknown dtype {dtype!r}; choose one of {list(DTYPES)}")
+    return name
 
 
 def linear_weight_names(model):

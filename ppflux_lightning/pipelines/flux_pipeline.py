@@ -18,8 +18,8 @@ from ..acceleration.pipeline_mixin import CacheMixin
 from ..lora.pipeline_mixin import FluxLoraLoaderMixin
 from ..models import text_encoders
 from ..models import vae as vae_io
-from ..models.checkpoint import check_dtype
 from ..models.flux_transformer import FluxTransformer2DModel
+from ..models.torch_weights import check_dtype
 from ..schedulers.flow_match import FlowMatchEulerScheduler
 from ..utils.atomic import atomic_dir
 
