@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 
 import numpy as np
 import pytest
@@ -72,10 +73,16 @@ def _chromium():
 
 
 def _run_chromium(tmp_path, *args):
+    # A fresh profile per run: a lingering browser process from the previous run must not hold its profile lock.
+    profile = tempfile.mkdtemp(prefix="chromium-profile-", dir=str(tmp_path))
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'chromium-profile'}"]
-    done = subprocess.run([_chromium(), *flags, *args], capture_output=True, text=True, timeout=120)
+             "--disable-dev-shm-usage", f"--user-data-dir={profile}"]
+    try:
+        done = subprocess.run([_chromium(), *flags, *args], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:  # a headless start that hangs (seen once in CI): retry once, fresh profile
+        flags[-1] = f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-profile-', dir=str(tmp_path))}"
+        done = subprocess.run([_chromium(), *flags, *args], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
