@@ -171,16 +171,22 @@ def _torch_rope(ids):
     return FluxPosEmbed(theta=10000, axes_dim=[16, 56, 56])(torch.tensor(ids))
 
 
-def test_real_width_double_block_matches_diffusers():
-    from diffusers.models.transformers.transformer_flux import FluxTransformerBlock
-
+def _real_width_pair(torch_cls, paddle_cls):
+    """A diffusers block at FLUX.1 width (3072 = 24 x 128) with N(0, 0.02) weights, and ours with the same weights."""
     torch.manual_seed(0)
-    ref = FluxTransformerBlock(dim=3072, num_attention_heads=24, attention_head_dim=128).eval()
+    ref = torch_cls(dim=3072, num_attention_heads=24, attention_head_dim=128).eval()
     with torch.no_grad():
         for p in ref.parameters():
             p.normal_(0.0, 0.02)
-    ours = DoubleStreamBlock(3072, 24, 128)
+    ours = paddle_cls(3072, 24, 128)
     copy_torch_into_paddle(ref, ours)
+    return ref, ours
+
+
+def test_real_width_double_block_matches_diffusers():
+    from diffusers.models.transformers.transformer_flux import FluxTransformerBlock
+
+    ref, ours = _real_width_pair(FluxTransformerBlock, DoubleStreamBlock)
     img, txt, temb, ids = _real_width_inputs(np.random.default_rng(0))
     with torch.no_grad():
         ref_txt, ref_img = ref(
@@ -197,13 +203,7 @@ def test_real_width_double_block_matches_diffusers():
 def test_real_width_single_block_matches_diffusers():
     from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock
 
-    torch.manual_seed(0)
-    ref = FluxSingleTransformerBlock(dim=3072, num_attention_heads=24, attention_head_dim=128).eval()
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.normal_(0.0, 0.02)
-    ours = SingleStreamBlock(3072, 24, 128)
-    copy_torch_into_paddle(ref, ours)
+    ref, ours = _real_width_pair(FluxSingleTransformerBlock, SingleStreamBlock)
     img, txt, temb, ids = _real_width_inputs(np.random.default_rng(1))
     x = np.concatenate([txt, img], axis=1)
     with torch.no_grad():
