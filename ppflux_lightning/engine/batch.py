@@ -10,24 +10,9 @@ import os
 import numpy as np
 import paddle
 
+from ..models.latents import latent_image_ids, pack_latents
 from ..objectives.base import Conditioning
 from ..schedulers.flow_match import FlowMatchEulerScheduler
-
-
-def pack_latents(latents):
-    """[B, C, h, w] -> [B, (h/2)(w/2), 4C] (FLUX's 2x2 patches)."""
-    b, c, h, w = latents.shape
-    if h % 2 or w % 2:
-        raise ValueError(f"latent height and width must be even to pack 2x2 patches, got {h}x{w}")
-    x = latents.reshape([b, c, h // 2, 2, w // 2, 2]).transpose([0, 2, 4, 1, 3, 5])
-    return x.reshape([b, (h // 2) * (w // 2), c * 4])
-
-
-def latent_image_ids(h, w):
-    """Position ids (0, row, col) of the packed `h/2 x w/2` grid: float32 [(h/2)(w/2), 3]."""
-    rows, cols = np.meshgrid(np.arange(h // 2), np.arange(w // 2), indexing="ij")
-    ids = np.stack([np.zeros_like(rows), rows, cols], axis=-1).reshape(-1, 3)
-    return paddle.to_tensor(ids.astype(np.float32))
 
 
 def vae_scale_factor(pretrained):

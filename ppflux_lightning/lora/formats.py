@@ -15,7 +15,7 @@ import paddle
 import paddle.nn as nn
 
 from ..models.checkpoint import bfl_to_diffusers_map
-from ..utils.errors import CheckpointError
+from ..utils.errors import CheckpointError, abbreviate
 from ..utils.safetensors_io import SafetensorsFile, save_file
 from .adapters import lora_layers, replace_sublayer
 from .layers import LoRALinear
@@ -198,12 +198,14 @@ def parse_lora(model, tensors, metadata=None, alpha=None):
             raise CheckpointError(f"LoRA file holds two {role} tensors for module {stem!r} (second: {key!r})")
         entry[role] = value
     if unknown:
-        raise CheckpointError(f"{len(unknown)} LoRA keys match no module of {type(model).__name__}: {_abbrev(unknown)}")
+        raise CheckpointError(
+            f"{len(unknown)} LoRA keys match no module of {type(model).__name__}: {abbreviate(unknown)}"
+        )
     if not groups:
         raise CheckpointError("the LoRA state dict holds no LoRA tensors")
     incomplete = sorted(s for s, e in groups.items() if "down" not in e or "up" not in e)
     if incomplete:
-        raise CheckpointError(f"LoRA modules without both down/lora_A and up/lora_B tensors: {_abbrev(incomplete)}")
+        raise CheckpointError(f"LoRA modules without both down/lora_A and up/lora_B tensors: {abbreviate(incomplete)}")
 
     direct = {s: e for s, e in groups.items() if s in shapes}
     layout = _choose_layout(direct, shapes, layout_hint)
@@ -268,11 +270,6 @@ def _check_shapes(name, down, up, in_out):
             f"LoRA for {name!r} has down {list(down.shape)} and up {list(up.shape)} (as [r, in] / [out, r]) but the "
             f"model's layer maps {in_out[0]} -> {in_out[1]}: a LoRA for another model width?"
         )
-
-
-def _abbrev(keys, n=8):
-    keys = sorted(keys)
-    return keys if len(keys) <= n else keys[:n] + [f"... {len(keys) - n} more"]
 
 
 # ---------------------------------------------------------------- applying

@@ -13,7 +13,7 @@ import numpy as np
 import paddle
 
 from ..utils.atomic import atomic_dir
-from ..utils.errors import CheckpointError
+from ..utils.errors import CheckpointError, abbreviate
 from ..utils.safetensors_io import SafetensorsFile
 from .torch_weights import build_in_dtype, check_dtype, save_torch_layout
 
@@ -54,8 +54,8 @@ def build_and_load(cls, config, files, dtype, key_map=None):
     missing = sorted({src for src, _ in key_map.values() if src not in where})
     if missing or unexpected:
         raise CheckpointError(
-            f"checkpoint does not match the model: missing keys {_abbrev(missing)}, "
-            f"unexpected keys {_abbrev(unexpected)}"
+            f"checkpoint does not match the model: missing keys {abbreviate(missing)}, "
+            f"unexpected keys {abbreviate(unexpected)}"
         )
     for name, param in params.items():
         src, transform = key_map[name]
@@ -71,10 +71,6 @@ def build_and_load(cls, config, files, dtype, key_map=None):
         param.set_value(paddle.to_tensor(np.ascontiguousarray(array, dtype=np.float32)).astype(dtype))
     model.eval()
     return model
-
-
-def _abbrev(keys, n=8):
-    return keys if len(keys) <= n else keys[:n] + [f"... {len(keys) - n} more"]
 
 
 def torch_layout_state(model):

@@ -11,7 +11,7 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
-from ..utils.errors import CheckpointError, ConfigError
+from ..utils.errors import CheckpointError, ConfigError, abbreviate
 from ..utils.safetensors_io import SafetensorsFile, save_file
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -81,8 +81,8 @@ def load_torch_layout(model, files, sources, ignore=(), what="model"):
     unexpected = sorted(k for k in where if k not in known and not k.endswith(tuple(ignore)))
     if missing or unexpected:
         raise CheckpointError(
-            f"{what} weights do not match: missing keys {_abbrev(sorted(missing))}, "
-            f"unexpected keys {_abbrev(unexpected)}"
+            f"{what} weights do not match: missing keys {abbreviate(sorted(missing))}, "
+            f"unexpected keys {abbreviate(unexpected)}"
         )
     for key, param in params.items():
         array = where[chosen[key]].get(chosen[key])
@@ -137,7 +137,3 @@ def save_torch_layout(tensors, folder, weights_name, bf16=(), max_shard_bytes=No
     total = sum(t.size * (2 if k in bf16 else t.itemsize) for k, t in tensors.items())
     with open(os.path.join(folder, weights_name + ".index.json"), "w") as f:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-
-
-def _abbrev(keys, n=8):
-    return keys if len(keys) <= n else keys[:n] + [f"... {len(keys) - n} more"]

@@ -19,6 +19,7 @@ from ..lora.pipeline_mixin import FluxLoraLoaderMixin
 from ..models import text_encoders
 from ..models import vae as vae_io
 from ..models.flux_transformer import FluxTransformer2DModel
+from ..models.latents import latent_image_ids, pack_latents, unpack_latents  # noqa: F401  (public here too)
 from ..models.torch_weights import check_dtype
 from ..schedulers.flow_match import FlowMatchEulerScheduler
 from ..utils.atomic import atomic_dir
@@ -45,30 +46,6 @@ class FluxPipelineOutput:
 
 
 # ---------------------------------------------------------------- latent layout
-def pack_latents(latents):
-    """[B, C, h, w] -> [B, (h/2)(w/2), 4C]: every 2x2 patch becomes one token (channel-major inside the token)."""
-    b, c, h, w = latents.shape
-    x = latents.reshape([b, c, h // 2, 2, w // 2, 2])
-    x = x.transpose([0, 2, 4, 1, 3, 5])
-    return x.reshape([b, (h // 2) * (w // 2), c * 4])
-
-
-def unpack_latents(packed, h, w):
-    """Inverse of `pack_latents` for a latent grid of `h` x `w` cells."""
-    b, _, d = packed.shape
-    c = d // 4
-    x = packed.reshape([b, h // 2, w // 2, c, 2, 2])
-    x = x.transpose([0, 3, 1, 4, 2, 5])
-    return x.reshape([b, c, h, w])
-
-
-def latent_image_ids(h, w):
-    """Position ids `(0, row, col)` of the packed tokens of an `h` x `w` latent grid: float32 `[(h/2)(w/2), 3]`."""
-    rows, cols = np.meshgrid(np.arange(h // 2), np.arange(w // 2), indexing="ij")
-    ids = np.stack([np.zeros_like(rows), rows, cols], axis=-1).reshape(-1, 3)
-    return paddle.to_tensor(ids.astype(np.float32))
-
-
 def make_latents(seed, batch, channels, height, width):
     """Initial noise as packed latents, numpy float32 `[batch, (height/2)(width/2), 4*channels]`, drawn from
     `np.random.default_rng(seed)` in the unpacked `[batch, channels, height, width]` order. `channels` is the VAE's
