@@ -46,6 +46,8 @@ def parse_args(argv=None):
     p.add_argument("--feature-steps", type=int, default=400, help="training steps of the feature network if absent")
     p.add_argument("--quick", action="store_true", help="short schedule: 60 steps, 1000 images, 48 prompts")
     p.add_argument("--timing-repeats", type=int, default=3, help="interleaved timing rounds at the end")
+    p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every student (repeatable), e.g. objectives.adversarial.weight=0.01")
     args = p.parse_args(argv)
     if args.quick:
         args.steps, args.train_images, args.eval_prompts = 60, 1000, 48
@@ -85,7 +87,6 @@ class Bench:
         return images, seconds
 
     def teacher_rows(self):
-        from ppflux_lightning.eval.adherence import adherence_score
         from ppflux_lightning.eval.fid import extract_features
 
         out = os.path.join(self.args.out, "samples")
@@ -98,7 +99,7 @@ class Bench:
             lambda: s.sample(self.prompts, [x + FLOOR_SEED_OFFSET for x in self.seeds], 50, "teacher@50 floor"))
         self.reference, self.ref_features = t50, extract_features(t50, self.features)
         ref_row = qs.score_images(floor, self.prompts, t50, self.features, self.ref_features)
-        ref_row.update(adherence=100.0 * adherence_score(t50, self.prompts), psnr_vs_teacher=None)
+        ref_row.update(**qs.adherence_percent(t50, self.prompts), psnr_vs_teacher=None)
         self.add_row("teacher@50", [ref_row], sec50, t50)
         for steps in (4, 8):
             images, sec = self.cached_samples(
@@ -118,7 +119,7 @@ class Bench:
         a = self.args
         run_dir = os.path.join(a.out, "runs", f"{config_name}-seed{seed}")
         cfg = qs.student_config(os.path.join(qs.CONFIG_DIR, f"{config_name}.yaml"), self.model, self.data, run_dir,
-                                a.steps, seed)
+                                a.steps, seed, a.override)
         lora = qs.train_student(cfg)
         with open(os.path.join(run_dir, qs.RUN_MARKER)) as f:
             train_seconds = json.load(f).get("train_seconds")
@@ -149,7 +150,8 @@ class Bench:
 
     def write(self, finished, timed=False):
         a = self.args
-        result = {"model": self.model, "steps": a.steps, "seeds": a.seeds, "train_images": a.train_images,
+        result = {"model": self.model, "steps": a.steps, "seeds": a.seeds, "overrides": a.override,
+                  "train_images": a.train_images,
                   "eval_prompts": len(self.prompts), "finished_runs": finished, "interleaved_timing": timed,
                   "rows": {name: {**row, **summarize(row["runs"])} for name, row in self.rows.items()}}
         with atomic_file(os.path.join(a.out, "results.json")) as tmp, open(tmp, "w") as f:
@@ -163,7 +165,7 @@ class Bench:
 def summarize(runs):
     """Mean and half-range over seeds of every metric."""
     out = {}
-    for key in ("fid_to_teacher", "adherence", "psnr_vs_teacher"):
+    for key in ("fid_to_teacher", "adherence", "adherence_single", "psnr_vs_teacher"):
         values = [r[key] for r in runs if r.get(key) is not None]
         if values:
             out[key] = float(np.mean(values))
@@ -190,11 +192,13 @@ def markdown(result, command):
         "at this sample size; rows sampled from the same seeds as the reference can go below it. Students "
         "are sampled at 4 steps with the LoRA fused. `±` is half the range over training seeds "
         f"({len(result['seeds'])} seeds). Finished training runs: {result['finished_runs']}.", "",
-        "| row | FID-to-teacher | adherence % | PSNR vs teacher (dB) | s / image | speed vs teacher@50 | n |",
-        "|---|---|---|---|---|---|---|",
+        "| row | FID-to-teacher | adherence % | one-object adherence % | PSNR vs teacher (dB) | s / image "
+        "| speed vs teacher@50 | n |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, row in rows.items():
         lines.append(f"| {name} | {cell(row, 'fid_to_teacher', 2)} | {cell(row, 'adherence', 1)} | "
+                     f"{cell(row, 'adherence_single', 1)} | "
                      f"{cell(row, 'psnr_vs_teacher', 2)} | {row['seconds_per_image']:.4f} | "
                      f"{base / row['seconds_per_image']:.1f}x | {len(row['runs'])} |")
     timing = ("re-measured round-robin at the end of the run" if result["interleaved_timing"]

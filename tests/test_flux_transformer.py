@@ -267,3 +267,20 @@ def test_wrong_input_shapes_are_named():
         model(**{**inputs, "hidden_states": paddle.zeros([2, 24, 15])})
     with pytest.raises(ValueError, match="guidance"):
         model(**{**inputs, "guidance": None})
+
+
+
+@pytest.mark.parametrize("use_matmul", [True, False])
+def test_rope_pair_rotation_paths_match_diffusers(use_matmul):
+    """Both pair rotations (the CPU matmul and the GPU flip) give diffusers' `apply_rotary_emb` to fp32 rounding."""
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    from ppflux_lightning.models.embeddings import apply_rope
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 10, 3, 16)).astype(np.float32)  # [B, S, H, D]
+    ids = np.stack([np.zeros(10), np.arange(10) // 4, np.arange(10) % 4], axis=1).astype(np.float32)
+    cos, sin = rope_frequencies(paddle.to_tensor(ids), (4, 6, 6))
+    ours = apply_rope(paddle.to_tensor(x), (cos, sin), use_matmul=use_matmul).numpy()
+    expected = apply_rotary_emb(torch.tensor(x).transpose(1, 2), (torch.tensor(cos.numpy()), torch.tensor(sin.numpy())))
+    np.testing.assert_allclose(ours, expected.transpose(1, 2).numpy(), rtol=0, atol=1e-6)

@@ -124,6 +124,16 @@ def test_scores_on_ground_truth_images():
     assert scored["fid_to_teacher"] > 0
 
 
+def test_adherence_is_split_by_object_count():
+    """A one-object prompt drawn right and a two-object prompt drawn with only its first object: 50% over all
+    prompts, 100% over the one-object prompts; without one-object prompts that column is None."""
+    one, two = "a red circle at the top left", "a blue square at the center and a green triangle at the bottom"
+    first_only = task.Scene(task.parse_caption(two).objects[:1])
+    images = np.stack([task.render(task.parse_caption(one), 48), task.render(first_only, 48)])
+    assert qs.adherence_percent(images, [one, two]) == {"adherence": 50.0, "adherence_single": 100.0}
+    assert qs.adherence_percent(images[1:], [two]) == {"adherence": 0.0, "adherence_single": None}
+
+
 def test_stale_checkpoints_of_another_config_are_discarded(tmp_path):
     from ppflux_lightning.engine.checkpoint import STATE_FILE
 

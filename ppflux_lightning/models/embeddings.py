@@ -1,7 +1,9 @@
 """Timestep, guidance and pooled-text embeddings, and FLUX's 3-axis rotary position embedding."""
 
+import functools
 import math
 
+import numpy as np
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
@@ -58,11 +60,39 @@ def rope_frequencies(ids, axes_dims, theta=10000.0):
     )
 
 
-def apply_rope(x, rope):
-    """Rotate interleaved pairs (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin). x: [B, S, H, D], rope: [S, D]."""
+@functools.lru_cache(maxsize=8)
+def _pair_swap_matrix(dim):
+    """[dim, dim] float32 R with x @ R = (-x1, x0, -x3, x2, ...)."""
+    r = np.zeros((dim, dim), np.float32)
+    even = np.arange(0, dim, 2)
+    r[even + 1, even] = -1.0
+    r[even, even + 1] = 1.0
+    return r
+
+
+def rotate_pairs(x, use_matmul):
+    """(x0, x1) -> (-x1, x0) for every interleaved pair of the last axis of fp32 `x`.
+
+    On the CPU one matmul with a fixed +-1 permutation matrix (exact: one nonzero per column) is several times
+    faster than slicing and stacking the pairs. GPU fp32 matmuls may run in TF32, which would round `x`, so there the
+    pairs are flipped and the sign applied separately.
+    """
+    dim = x.shape[-1]
+    if use_matmul:
+        return paddle.matmul(x, paddle.to_tensor(_pair_swap_matrix(dim), dtype=x.dtype))
+    sign = paddle.to_tensor([-1.0, 1.0], dtype=x.dtype).tile([dim // 2])
+    return x.reshape([0, 0, 0, -1, 2]).flip(-1).reshape([0, 0, 0, -1]) * sign
+
+
+def apply_rope(x, rope, use_matmul=None):
+    """Rotate interleaved pairs (x0, x1) -> (x0 cos - x1 sin, x1 cos + x0 sin). x: [B, S, H, D], rope: [S, D].
+
+    `use_matmul` picks the pair rotation of `rotate_pairs` (default: the matmul on the CPU only)."""
     cos, sin = rope
     cos = cos.unsqueeze(0).unsqueeze(2)
     sin = sin.unsqueeze(0).unsqueeze(2)
-    pairs = x.astype("float32").reshape([0, 0, 0, -1, 2])
-    rotated = paddle.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape([0, 0, 0, -1])
-    return (x.astype("float32") * cos + rotated * sin).astype(x.dtype)
+    x32 = x.astype("float32")
+    if use_matmul is None:
+        use_matmul = paddle.device.get_device() == "cpu"
+    rotated = rotate_pairs(x32, use_matmul)
+    return (x32 * cos + rotated * sin).astype(x.dtype)

@@ -33,4 +33,4 @@ class DMDLoss(Objective):
             x0_fake = x - s * ctx.results["dmd.fake"]
             scale = (pred.detach() - x0_real).abs().mean(axis=list(range(1, pred.ndim)), keepdim=True) + 1e-5
             goal = pred.detach() - (x0_fake - x0_real) / scale
-        return {"dmd": self.weight * ((pred - goal) ** 2).mean()}
+        return {"dmd": self.weight * paddle.square(pred - goal).mean()}

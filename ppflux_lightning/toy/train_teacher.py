@@ -16,6 +16,7 @@ import numpy as np
 import paddle
 from tqdm import tqdm
 
+from ..engine import distributed
 from ..schedulers.flow_match import time_shift
 
 
@@ -23,8 +24,8 @@ from ..schedulers.flow_match import time_shift
 class TeacherSchedule:
     """Optimisation settings of the toy teacher."""
 
-    steps: int = 600
-    guidance_steps: int = 100  # the last steps of `steps` are guidance distillation (0 = phase 1 only)
+    steps: int = 4000
+    guidance_steps: int = 500  # the last steps of `steps` are guidance distillation (0 = phase 1 only)
     batch_size: int = 64
     lr: float = 2e-3
     warmup: int = 30
@@ -73,8 +74,13 @@ def train_teacher(model, latents, prompt_embeds, pooled_embeds, caption_index, n
 
     ``prompt_embeds`` [K, L, D] / ``pooled_embeds`` [K, P] hold one entry per distinct caption; ``caption_index`` [N]
     maps every latent to its caption; ``null_embeds`` = (embeds [1, L, D], pooled [1, P]) of the empty prompt.
+    Under ``paddle.distributed.launch`` every process draws the whole batch from the same seed, trains on its share
+    and gradients are averaged: the run equals one process with the same batch, only faster.
     """
     s = schedule
+    rank, world = distributed.rank(), distributed.world_size()
+    if s.batch_size % world:
+        raise ValueError(f"teacher batch_size {s.batch_size} must divide evenly over {world} processes")
     paddle.seed(s.seed)
     rng = np.random.default_rng(s.seed)
     latents = paddle.to_tensor(latents, dtype="float32")
@@ -92,23 +98,24 @@ def train_teacher(model, latents, prompt_embeds, pooled_embeds, caption_index, n
     frozen = None
     history = []
     model.train()
-    bar = tqdm(range(s.steps), desc=desc, mininterval=2.0)
+    bar = tqdm(range(s.steps), desc=desc, mininterval=2.0, disable=rank != 0)
     for step in bar:
         if step == phase1 and s.guidance_steps:
             frozen = copy.deepcopy(ema.model)  # the phase-1 result supplies the guided targets
         b = s.batch_size
-        idx = rng.integers(0, len(caption_index), b)
+        draws = _draw(rng, b, len(caption_index), latents.shape[1:], mu, s)
+        share = slice(rank * b // world, (rank + 1) * b // world)  # this process's part of the batch
+        idx, sigma, noise, guidance, drop = (d[share] for d in draws)
+        b = len(idx)
         x0 = paddle.gather(latents, paddle.to_tensor(idx))
         cap = paddle.to_tensor(caption_index[idx])
         embeds, pooled = paddle.gather(prompt_embeds, cap), paddle.gather(pooled_embeds, cap)
-        sigma = sample_sigmas(rng, b, mu, s.logit_mean, s.logit_std)
-        noise = paddle.to_tensor(rng.standard_normal(x0.shape, dtype=np.float32))
+        noise = paddle.to_tensor(noise)
         sig = paddle.to_tensor(sigma).reshape([-1, 1, 1])
         xt = (1.0 - sig) * x0 + sig * noise
-        guidance = rng.uniform(*s.guidance_range, size=b).astype(np.float32)
         timestep, g = paddle.to_tensor(sigma), paddle.to_tensor(guidance)
         if frozen is None:
-            drop = paddle.to_tensor(rng.uniform(size=b) < s.drop_prob).reshape([-1, 1])
+            drop = paddle.to_tensor(drop).reshape([-1, 1])
             embeds = paddle.where(drop.unsqueeze(-1), null_e.expand_as(embeds), embeds)
             pooled = paddle.where(drop, null_p.expand_as(pooled), pooled)
             target = noise - x0
@@ -120,8 +127,9 @@ def train_teacher(model, latents, prompt_embeds, pooled_embeds, caption_index, n
                 v_cond, v_uncond = both[:b], both[b:]
                 target = v_uncond + g.reshape([-1, 1, 1]) * (v_cond - v_uncond)
         pred = model(xt, embeds, pooled, timestep, img_ids, txt_ids, guidance=g)
-        loss = ((pred - target) ** 2).mean()
+        loss = paddle.square(pred - target).mean()
         loss.backward()
+        loss = distributed.all_reduce_mean(model.parameters(), loss.detach())
         opt.step()
         opt.clear_grad()
         lr.step()
@@ -130,3 +138,13 @@ def train_teacher(model, latents, prompt_embeds, pooled_embeds, caption_index, n
         bar.set_postfix(loss=f"{np.mean(history[-20:]):.4f}", phase=1 if frozen is None else 2, refresh=False)
     model.eval()
     return ema.model, history
+
+
+def _draw(rng, batch, n_latents, latent_shape, mu, s: TeacherSchedule):
+    """Every random input of one step for the whole batch, in a fixed order: (index, sigma, noise, guidance, drop)."""
+    idx = rng.integers(0, n_latents, batch)
+    sigma = sample_sigmas(rng, batch, mu, s.logit_mean, s.logit_std)
+    noise = rng.standard_normal((batch, *latent_shape), dtype=np.float32)
+    guidance = rng.uniform(*s.guidance_range, size=batch).astype(np.float32)
+    drop = rng.uniform(size=batch) < s.drop_prob
+    return idx, sigma, noise, guidance, drop
