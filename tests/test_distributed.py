@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import yaml
 from train_fixtures import build_cached_dataset, build_pretrained, tiny_train_config
 
@@ -45,3 +46,13 @@ def test_two_processes_equal_one(tmp_path):
     for k, v in heads.items():
         np.testing.assert_allclose(tensors["objectives"][k], v, atol=1e-5, rtol=0, err_msg=k)
     assert np.abs(np.concatenate([v.ravel() for v in expect.values()])).max() > 0  # the runs did train
+
+
+def test_batch_share_splits_a_global_batch_and_names_an_uneven_one(monkeypatch):
+    from ppflux_lightning.engine import distributed
+
+    monkeypatch.setenv("PADDLE_TRAINERS_NUM", "3")
+    monkeypatch.setenv("PADDLE_TRAINER_ID", "1")
+    assert distributed.batch_share(6) == slice(2, 4)
+    with pytest.raises(ValueError, match="teacher batch_size 64 must divide evenly over 3 processes"):
+        distributed.batch_share(64, "teacher batch_size")

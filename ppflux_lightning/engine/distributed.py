@@ -25,6 +25,16 @@ def init():
     return rank(), world_size()
 
 
+def batch_share(global_batch, what="batch_size"):
+    """This process's slice of a global batch that every process draws identically (same seed), for averaging the
+    gradients afterwards; `what` names the setting in the error when the batch does not split evenly."""
+    r, n = rank(), world_size()
+    if global_batch % n:
+        raise ValueError(f"{what} {global_batch} must divide evenly over {n} processes")
+    size = global_batch // n
+    return slice(r * size, (r + 1) * size)
+
+
 def barrier():
     if world_size() > 1:
         dist.barrier()

@@ -94,7 +94,7 @@ def t5_length(tokenizer, prompts):
 
 
 def _log(message):
-    if distributed.rank() != 0:
+    if not distributed.is_main():
         return
     print(f"[build_toy {time.strftime('%H:%M:%S')}] {message}", flush=True)
 

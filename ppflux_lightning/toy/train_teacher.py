@@ -78,9 +78,7 @@ def train_teacher(model, latents, prompt_embeds, pooled_embeds, caption_index, n
     and gradients are averaged: the run equals one process with the same batch, only faster.
     """
     s = schedule
-    rank, world = distributed.rank(), distributed.world_size()
-    if s.batch_size % world:
-        raise ValueError(f"teacher batch_size {s.batch_size} must divide evenly over {world} processes")
+    share = distributed.batch_share(s.batch_size, "teacher batch_size")  # this process's part of every batch
     paddle.seed(s.seed)
     rng = np.random.default_rng(s.seed)
     latents = paddle.to_tensor(latents, dtype="float32")
@@ -98,13 +96,11 @@ def train_teacher(model, latents, prompt_embeds, pooled_embeds, caption_index, n
     frozen = None
     history = []
     model.train()
-    bar = tqdm(range(s.steps), desc=desc, mininterval=2.0, disable=rank != 0)
+    bar = tqdm(range(s.steps), desc=desc, mininterval=2.0, disable=not distributed.is_main())
     for step in bar:
         if step == phase1 and s.guidance_steps:
             frozen = copy.deepcopy(ema.model)  # the phase-1 result supplies the guided targets
-        b = s.batch_size
-        draws = _draw(rng, b, len(caption_index), latents.shape[1:], mu, s)
-        share = slice(rank * b // world, (rank + 1) * b // world)  # this process's part of the batch
+        draws = _draw(rng, s.batch_size, len(caption_index), latents.shape[1:], mu, s)
         idx, sigma, noise, guidance, drop = (d[share] for d in draws)
         b = len(idx)
         x0 = paddle.gather(latents, paddle.to_tensor(idx))

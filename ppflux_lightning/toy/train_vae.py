@@ -58,9 +58,7 @@ def train_vae(vae, images: np.ndarray, steps: int, batch_size: int = 16, lr: flo
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
-    rank, world = distributed.rank(), distributed.world_size()
-    if batch_size % world:
-        raise ValueError(f"VAE batch_size {batch_size} must divide evenly over {world} processes")
+    share = distributed.batch_share(batch_size, "VAE batch_size")  # this process's part of every batch
     if crop < 8:
         raise ValueError(f"crop must be >= 8 px, got {crop}")
     paddle.seed(seed)
@@ -69,8 +67,7 @@ def train_vae(vae, images: np.ndarray, steps: int, batch_size: int = 16, lr: flo
     opt = paddle.optimizer.AdamW(schedule, parameters=vae.parameters(), weight_decay=0.0)
     vae.train()
     history = []
-    bar = tqdm(range(steps), desc=desc, mininterval=2.0, disable=rank != 0)
-    share = slice(rank * batch_size // world, (rank + 1) * batch_size // world)
+    bar = tqdm(range(steps), desc=desc, mininterval=2.0, disable=not distributed.is_main())
     for _ in bar:
         x = to_tensor(random_crops(images, rng.integers(0, len(images), batch_size), crop, rng)[share])
         posterior = vae.encode(x).latent_dist
