@@ -1,5 +1,6 @@
 """FLUX.1 transformer in Paddle, with diffusers' module names so that checkpoints and LoRA keys map one to one."""
 
+import functools
 import os
 
 import paddle
@@ -9,6 +10,7 @@ from . import checkpoint
 from .blocks import ContinuousAdaNorm, DoubleStreamBlock, SingleStreamBlock
 from .embeddings import CombinedTimestepTextEmbedding, rope_frequencies
 from .flux_config import FluxConfig
+from .tokens import Tokens
 from .torch_weights import build_in_dtype, check_dtype, plan_load, save_model_folder
 
 
@@ -70,11 +72,19 @@ class FluxTransformer2DModel(nn.Layer):
         context = self.context_embedder(encoder_hidden_states.astype(dtype))
         return hidden, context, temb, rope
 
-    def run_double_block(self, index, hidden, context, temb, rope):
-        return self._call(self.transformer_blocks[index], hidden, context, temb, rope)
+    @property
+    def num_blocks(self):
+        return len(self.transformer_blocks) + len(self.single_transformer_blocks)
 
-    def run_single_block(self, index, x, temb, rope):
-        return self._call(self.single_transformer_blocks[index], x, temb, rope)
+    def run_block(self, k, tokens, temb, rope, call=None):
+        """Flat block k (double blocks first, then single blocks) on `tokens` (a `Tokens`). `call(block, *args)`
+        evaluates the block; by default directly, or recomputed in backward under gradient checkpointing."""
+        call = call or self._call
+        n_double = len(self.transformer_blocks)
+        if k < n_double:
+            hidden, context = call(self.transformer_blocks[k], tokens.image, tokens.context, temb, rope)
+            return Tokens.streams(context, hidden)
+        return Tokens((call(self.single_transformer_blocks[k - n_double], tokens.joint, temb, rope),), tokens.n_txt)
 
     def _call(self, block, *args):
         if self.gradient_checkpointing and self.training:
@@ -83,20 +93,21 @@ class FluxTransformer2DModel(nn.Layer):
             return recompute(block, *args, use_reentrant=False)
         return block(*args)
 
-    def run_blocks(self, hidden, context, temb, rope, features=None):
-        """All blocks in order; returns the image tokens. `features`, a list, receives the image tokens after
-        every double and every single block (the adversarial discriminator's inputs)."""
-        for i in range(len(self.transformer_blocks)):
-            hidden, context = self.run_double_block(i, hidden, context, temb, rope)
-            if features is not None:
-                features.append(hidden)
-        n_txt = context.shape[1]
-        x = paddle.concat([context, hidden], axis=1)
-        for i in range(len(self.single_transformer_blocks)):
-            x = self.run_single_block(i, x, temb, rope)
-            if features is not None:
-                features.append(x[:, n_txt:])
-        return x[:, n_txt:]
+    def run_block_range(self, tokens, temb, rope, start=0, stop=None, visit=None, call=None):
+        """The block loop, written once for forward, the cache policies and the discriminator's teacher features:
+        flat blocks start..stop-1 on `tokens`, joined into one sequence before the first single block. `visit(k,
+        tokens, run)`, when given, stands in for block k's plain evaluation `run(tokens)` (to skip or record it)."""
+        n_double = len(self.transformer_blocks)
+        for k in range(start, self.num_blocks if stop is None else stop):
+            if k >= n_double:
+                tokens = tokens.joined()
+            run = functools.partial(self.run_block, k, temb=temb, rope=rope, call=call)
+            tokens = run(tokens) if visit is None else visit(k, tokens, run)
+        return tokens
+
+    def run_blocks(self, hidden, context, temb, rope, visit=None, call=None):
+        """Every block on the embedded streams; returns the image tokens (see `run_block_range`)."""
+        return self.run_block_range(Tokens.streams(context, hidden), temb, rope, visit=visit, call=call).image
 
     def project_out(self, hidden, temb):
         return self.proj_out(self.norm_out(hidden, temb))
@@ -114,14 +125,22 @@ class FluxTransformer2DModel(nn.Layer):
         return self.project_out(hidden, temb)
 
     def block_features(
-        self, hidden_states, encoder_hidden_states, pooled_projections, timestep, img_ids, txt_ids, guidance=None
+        self, hidden_states, encoder_hidden_states, pooled_projections, timestep, img_ids, txt_ids, guidance=None,
+        call=None,
     ):
-        """Image-token features after every double and single block: a list of `[B, S_img, inner]`."""
+        """Image-token features after every double and single block: a list of `[B, S_img, inner]`. `call` as in
+        `run_block` (the discriminator's teacher recomputes blocks with its adapters off)."""
         hidden, context, temb, rope = self.embed(
             hidden_states, encoder_hidden_states, pooled_projections, timestep, img_ids, txt_ids, guidance
         )
         features = []
-        self.run_blocks(hidden, context, temb, rope, features=features)
+
+        def record(k, tokens, run):
+            tokens = run(tokens)
+            features.append(tokens.image)
+            return tokens
+
+        self.run_blocks(hidden, context, temb, rope, visit=record, call=call)
         return features
 
     def enable_gradient_checkpointing(self, enabled=True):
