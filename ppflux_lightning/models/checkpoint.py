@@ -46,6 +46,7 @@ class FluxCheckpoint:
     config: FluxConfig
     sources: dict = None
     config_file: str = None
+    default_axes: bool = False
 
     def notes(self):
         notes = {"layout": self.layout + (" (sharded)" if len(self.files) > 1 else "")}
@@ -54,6 +55,8 @@ class FluxCheckpoint:
         notes["config"] = "inferred from tensor shapes" + (f", checked against {self.config_file}"
                                                            if self.config_file else "")
         notes.update({k: v for k, v in self.config.to_dict().items() if not k.startswith("_")})
+        if self.default_axes:
+            notes["axes_dims_rope"] = f"{notes['axes_dims_rope']} (FLUX.1's split for the head_dim: no tensor has it)"
         return notes
 
 
@@ -102,7 +105,7 @@ def open_checkpoint(path, config=None):
     sources = None
     if layout == "bfl":
         sources = {key: [source] for key, source in bfl_to_diffusers_map(resolved, prefix).items()}
-    return FluxCheckpoint(path, layout, files, prefix, resolved, sources, config_file)
+    return FluxCheckpoint(path, layout, files, prefix, resolved, sources, config_file, "axes_dims_rope" not in config)
 
 
 def detect_prefix(keys):

@@ -182,10 +182,11 @@ class TensorLoad:
             array = self.transform(array)
         return array.T if self.transpose else array
 
-    def describe(self):
+    def describe(self, with_file=False):
         how = [str(self.transform)] if self.transform is not None else []
         how += ["transposed"] if self.transpose else []
-        return (f"{self.param} {list(self.shape)} {self.layer} <- {os.path.basename(self.file)}:{self.source} "
+        where = f"{os.path.basename(self.file)}:" if with_file else ""
+        return (f"{self.param} {list(self.shape)} {self.layer} <- {where}{self.source} "
                 f"{self.source_dtype}{list(self.source_shape)}{' (' + ', '.join(how) + ')' if how else ''}")
 
 
@@ -223,7 +224,7 @@ class LoadPlan:
         lines += [f"  {k}: {v:,}" for k, v in self.counts().items()]
         lines.append(f"  bytes read: {self.source_bytes:,}")
         shown = self.steps if limit is None else self.steps[:limit]
-        lines += ["  " + s.describe() for s in shown]
+        lines += ["  " + s.describe(with_file=len(self.files) > 1) for s in shown]
         if len(shown) < len(self.steps):
             lines.append(f"  ... {len(self.steps) - len(shown)} more (--all lists every parameter)")
         return "\n".join(lines)
