@@ -222,7 +222,7 @@ class LoadPlan:
         lines += [f"  {k}: {v}" for k, v in self.notes.items()]
         lines += [f"  file: {f}" for f in self.files]
         lines += [f"  {k}: {v:,}" for k, v in self.counts().items()]
-        lines.append(f"  bytes read: {self.source_bytes:,}")
+        lines.append(f"  bytes a load reads: {self.source_bytes:,}")
         shown = self.steps if limit is None else self.steps[:limit]
         lines += ["  " + s.describe(with_file=len(self.files) > 1) for s in shown]
         if len(shown) < len(self.steps):
