@@ -154,6 +154,21 @@ def test_gradient_checkpointing_gives_same_gradients():
         np.testing.assert_allclose(recomputed[name], plain[name], rtol=1e-5, atol=1e-7, err_msg=name)
 
 
+def test_block_features_come_from_the_forward_block_loop():
+    """The discriminator's features and the forward share one block loop: the last feature is what gets projected."""
+    case = CASES["dev_like"]
+    paddle.seed(0)
+    model = FluxTransformer2DModel(**case["config"])
+    inputs = {k: (None if v is None else paddle.to_tensor(v)) for k, v in make_inputs(case).items()}
+    with paddle.no_grad():
+        features = model.block_features(**inputs)
+        temb = model.embed(**inputs)[2]
+        expected = model(**inputs).numpy()
+    assert len(features) == model.num_blocks == 4
+    assert all(list(f.shape) == [2, 24, 32] for f in features)
+    np.testing.assert_array_equal(model.project_out(features[-1], temb).numpy(), expected)
+
+
 def test_fused_lora_saves_in_pytorch_layout_and_reloads(tmp_path):
     """The layout rule goes by layer type: a Linear wrapped by a fused LoRA adapter is still transposed on save."""
     from ppflux_lightning.lora import add_lora, fuse_lora, lora_layers
