@@ -154,6 +154,42 @@ def test_gradient_checkpointing_gives_same_gradients():
         np.testing.assert_allclose(recomputed[name], plain[name], rtol=1e-5, atol=1e-7, err_msg=name)
 
 
+def test_block_features_come_from_the_forward_block_loop():
+    """The discriminator's features and the forward share one block loop: the last feature is what gets projected."""
+    case = CASES["dev_like"]
+    paddle.seed(0)
+    model = FluxTransformer2DModel(**case["config"])
+    inputs = {k: (None if v is None else paddle.to_tensor(v)) for k, v in make_inputs(case).items()}
+    with paddle.no_grad():
+        features = model.block_features(**inputs)
+        temb = model.embed(**inputs)[2]
+        expected = model(**inputs).numpy()
+    assert len(features) == model.num_blocks == 4
+    assert all(list(f.shape) == [2, 24, 32] for f in features)
+    np.testing.assert_array_equal(model.project_out(features[-1], temb).numpy(), expected)
+
+
+def test_fused_lora_saves_in_pytorch_layout_and_reloads(tmp_path):
+    """The layout rule goes by layer type: a Linear wrapped by a fused LoRA adapter is still transposed on save."""
+    from ppflux_lightning.lora import add_lora, fuse_lora, lora_layers
+
+    case = CASES["schnell_like"]
+    paddle.seed(0)
+    model = FluxTransformer2DModel(**case["config"])
+    add_lora(model, rank=2)
+    for layer in lora_layers(model).values():
+        layer.lora_B.set_value(paddle.full(layer.lora_B.shape, 0.05, dtype=layer.lora_B.dtype))
+    fuse_lora(model)
+    model.save_pretrained(str(tmp_path / "fused"))
+    saved = load_file(str(tmp_path / "fused" / "diffusion_pytorch_model.safetensors"))
+    weight = model.transformer_blocks[0].attn.to_q.weight.numpy()  # Paddle [in, out]
+    np.testing.assert_array_equal(saved["transformer_blocks.0.attn.to_q.weight"], weight.T)
+    assert not any("lora" in k for k in saved)
+    reloaded = FluxTransformer2DModel.from_pretrained(str(tmp_path / "fused"))
+    inputs = make_inputs(case)
+    np.testing.assert_array_equal(run_ours(reloaded, inputs), run_ours(model, inputs))
+
+
 # ---------------------------------------------------------------- real FLUX.1 width
 def _real_width_inputs(rng, n_txt=8, grid=(4, 6), inner=3072):
     ids = np.concatenate([np.zeros((n_txt, 3), np.float32), image_ids(*grid)])

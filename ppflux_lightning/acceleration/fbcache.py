@@ -27,15 +27,15 @@ class FirstBlockCache(CachePolicy):
         self.rest_residual = (out - after_first).detach()
 
     def forward(self, model, tokens, temb, rope):
-        first = self.run_block(model, 0, tokens, temb, rope)
-        after_first = self.image(first)
-        first_residual = after_first - self.image(tokens)
-        rest = self.num_blocks(model) - 1
+        first = self.run_range(model, tokens, temb, rope, stop=1)
+        after_first = first.image
+        first_residual = after_first - tokens.image
+        rest = model.num_blocks - 1
         if self.can_reuse(first_residual):
             self.skip_blocks(rest)
             return self.reuse(after_first)
         self.stats.full_steps += 1
         self.first_residual = first_residual.detach()
-        out = self.image(self.run_range(model, 1, first, temb, rope))
+        out = self.run_range(model, first, temb, rope, start=1).image
         self.store(after_first, out)
         return out

@@ -5,7 +5,7 @@ from .config import CacheConfig, build_policy
 
 class CacheMixin:
     """For pipelines with `self.transformer`: the installed policy is the transformer's `cache_policy`; the pipeline
-    calls `cache_begin(n)` before its denoising loop and `cache_step(i)` before each transformer call."""
+    calls its `begin(n)` before the denoising loop and `set_step(i)` before each transformer call."""
 
     def enable_cache(self, config, threshold=None, **options):
         """Install a fresh policy from a `CacheConfig`, or from a method name with threshold and options."""
@@ -24,12 +24,3 @@ class CacheMixin:
     @property
     def cache_policy(self):
         return getattr(self.transformer, "cache_policy", None)
-
-    def cache_begin(self, num_inference_steps):
-        """Reset the policy's state for a new generation (no-op without a policy)."""
-        if self.cache_policy is not None:
-            self.cache_policy.begin(num_inference_steps)
-
-    def cache_step(self, index):
-        if self.cache_policy is not None:
-            self.cache_policy.set_step(index)

@@ -1,7 +1,9 @@
 """The cache-policy base: step bookkeeping, block-evaluation counters and helpers shared by every method.
 
-A policy takes over the transformer's block loop (`model.cache_policy`). Inside it the tokens flow as one tensor
-`cat([text, image])`, so every block, double or single, maps tokens to tokens and its residual is `out - in`.
+A policy takes over the transformer's forward between embedding and output (`model.cache_policy`) and drives the
+model's one block loop (`run_block_range`), deciding per block or per range what runs. The tokens flow as
+`models.tokens.Tokens` (text and image streams, one joint sequence from the first single block on), so every block,
+double or single, maps tokens to tokens and its residual is `out - in`, computed stream by stream.
 Flat block index k < num_layers is double block k, otherwise single block k - num_layers.
 """
 
@@ -13,6 +15,7 @@ import paddle
 import paddle.nn.functional as F
 
 from ..models.blocks import modulate
+from ..models.tokens import Tokens
 
 
 @dataclasses.dataclass
@@ -41,9 +44,9 @@ def rel_l1(current, previous, eps=1e-8):
 
 
 def cosine(a, b, eps=1e-8):
-    """Cosine similarity of each sample's flattened tensors, averaged over the batch (a 0-d tensor)."""
-    a = a.reshape([a.shape[0], -1]).astype("float32")
-    b = b.reshape([b.shape[0], -1]).astype("float32")
+    """Cosine similarity of each sample's flattened tensors (or `Tokens`), averaged over the batch (a 0-d tensor)."""
+    a = (a.flat() if isinstance(a, Tokens) else a.reshape([a.shape[0], -1])).astype("float32")
+    b = (b.flat() if isinstance(b, Tokens) else b.reshape([b.shape[0], -1])).astype("float32")
     return ((a * b).sum(-1) / (a.norm(axis=-1) * b.norm(axis=-1) + eps)).mean()
 
 
@@ -141,38 +144,24 @@ class CachePolicy:
         self.step = self._next_step
         self._next_step += 1
         self.stats.steps += 1
-        self.n_txt = context.shape[1]
-        return self.forward(model, paddle.concat([context, hidden], axis=1), temb, rope)
+        return self.forward(model, Tokens.streams(context, hidden), temb, rope)
 
     def forward(self, model, tokens, temb, rope):
+        """`tokens` (a `Tokens`) -> the final image tokens for step `self.step`."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ helpers for subclasses
-    @staticmethod
-    def num_blocks(model):
-        return len(model.transformer_blocks) + len(model.single_transformer_blocks)
-
-    def run_block(self, model, k, tokens, temb, rope):
-        """Run flat block k on `cat([text, image])` and count it."""
+    def counted(self, k, tokens, run):
+        """A `visit` for the model's block loop: evaluate block k and count it."""
         self.stats.blocks_run += 1
-        n_double = len(model.transformer_blocks)
-        if k < n_double:
-            context, hidden = tokens[:, : self.n_txt], tokens[:, self.n_txt :]
-            hidden, context = model.run_double_block(k, hidden, context, temb, rope)
-            return paddle.concat([context, hidden], axis=1)
-        return model.run_single_block(k - n_double, tokens, temb, rope)
+        return run(tokens)
 
-    def run_range(self, model, start, tokens, temb, rope):
-        """Run flat blocks start.. to the end."""
-        for k in range(start, self.num_blocks(model)):
-            tokens = self.run_block(model, k, tokens, temb, rope)
-        return tokens
+    def run_range(self, model, tokens, temb, rope, start=0, stop=None):
+        """Run flat blocks start..stop-1 (to the end by default), counting them; returns `Tokens`."""
+        return model.run_block_range(tokens, temb, rope, start=start, stop=stop, visit=self.counted)
 
     def skip_blocks(self, count):
         self.stats.blocks_skipped += count
-
-    def image(self, tokens):
-        return tokens[:, self.n_txt :]
 
     @property
     def is_last_step(self):

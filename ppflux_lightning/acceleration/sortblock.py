@@ -40,7 +40,7 @@ class SortBlock(CachePolicy):
 
     def choose_skipped(self, model):
         """Flat indices of the blocks to skip this step (one host transfer for all similarities)."""
-        n_double, n_blocks = len(model.transformer_blocks), self.num_blocks(model)
+        n_double, n_blocks = len(model.transformer_blocks), model.num_blocks
         ready = [k for k in range(n_blocks) if k in self.history and self.history[k].ready]
         if not ready:
             return set()
@@ -58,14 +58,15 @@ class SortBlock(CachePolicy):
         skip = set() if full else self.choose_skipped(model)
         if not skip:
             self.stats.full_steps += 1
-        for k in range(self.num_blocks(model)):
+
+        def visit(k, tokens, run):
             if k in skip:
                 self.skip_blocks(1)
-                tokens = tokens + self.history[k].predict(self.step).astype(tokens.dtype)
-                continue
-            out = self.run_block(model, k, tokens, temb, rope)
+                return tokens + self.history[k].predict(self.step).astype(tokens.dtype)
+            out = self.counted(k, tokens, run)
             if self.threshold > 0:
                 residual = (out - tokens).detach().astype("float32")  # float32 history: see FirstBlockTaylor
                 self.history.setdefault(k, TaylorCache(self.order)).update(self.step, residual)
-            tokens = out
-        return self.image(tokens)
+            return out
+
+        return model.run_block_range(tokens, temb, rope, visit=visit).image

@@ -32,8 +32,8 @@ class TeaBlockCache(CachePolicy):
         return self.warmup_steps <= self.step < self.num_steps - self.final_steps
 
     def forward(self, model, tokens, temb, rope):
-        cacheable = range(self.start, self.num_blocks(model))
-        indicator = first_block_modulated_input(model, self.image(tokens), temb).detach()
+        cacheable = range(self.start, model.num_blocks)
+        indicator = first_block_modulated_input(model, tokens.image, temb).detach()
         silu_temb = self.silu(temb)
         modulation = {k: block_modulation(model, k, silu_temb).detach() for k in cacheable}
         skip = set()
@@ -48,15 +48,15 @@ class TeaBlockCache(CachePolicy):
         self.previous_input, self.previous_modulation = indicator, modulation
         if not skip:
             self.stats.full_steps += 1
-        for k in range(self.num_blocks(model)):
+
+        def visit(k, tokens, run):
             if k in skip:
                 self.skip_blocks(1)
-                tokens = tokens + self.residuals[k]
-                continue
-            out = self.run_block(model, k, tokens, temb, rope)
+                return tokens + self.residuals[k]
+            out = self.counted(k, tokens, run)
             if k >= self.start:
                 self.residuals[k] = (out - tokens).detach()
                 self.accumulated[k] = 0.0
-            tokens = out
-        return self.image(tokens)
+            return out
 
+        return model.run_block_range(tokens, temb, rope, visit=visit).image

@@ -33,7 +33,7 @@ class TeaCache(CachePolicy):
         self.accumulated = 0.0
 
     def forward(self, model, tokens, temb, rope):
-        image = self.image(tokens)
+        image = tokens.image
         indicator = first_block_modulated_input(model, image, temb).detach()
         reuse = False
         # The first and last steps always run; threshold 0 never reuses.
@@ -43,10 +43,10 @@ class TeaCache(CachePolicy):
             reuse = self.accumulated < self.threshold
         self.previous_input = indicator
         if reuse:
-            self.skip_blocks(self.num_blocks(model))
+            self.skip_blocks(model.num_blocks)
             return image + self.residual
         self.accumulated = 0.0
         self.stats.full_steps += 1
-        out = self.image(self.run_range(model, 0, tokens, temb, rope))
+        out = self.run_range(model, tokens, temb, rope).image
         self.residual = (out - image).detach()
         return out

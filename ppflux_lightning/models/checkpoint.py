@@ -1,159 +1,111 @@
-"""Checkpoint layouts for the FLUX transformer: diffusers folders (single or sharded), Black Forest Labs single
-files, and streaming them into a Paddle model one tensor at a time.
+"""FLUX transformer checkpoint layouts: diffusers folders (one file or shards with an index) and Black Forest Labs
+single files (with or without `model.diffusion_model.`), mapped onto our diffusers-named parameters, and the config
+read from config.json and checked against (or completed from) the tensor shapes.
 
-Layout rule: every 2-D parameter of the model is an `nn.Linear` weight, stored `[in, out]` in Paddle and
-`[out, in]` in PyTorch files, so 2-D tensors are transposed on the way in and out; nothing else is.
+Only names, row slices and config are decided here; the PyTorch -> Paddle layout rule and the streaming load live in
+`torch_weights`, shared with the VAE and the text encoders.
 """
 
+import dataclasses
 import json
 import os
 import re
 
-import numpy as np
-import paddle
-
-from ..utils.atomic import atomic_dir
-from ..utils.errors import CheckpointError, abbreviate
+from ..utils.errors import CheckpointError
 from ..utils.safetensors_io import SafetensorsFile
-from .torch_weights import build_in_dtype, check_dtype, save_torch_layout
+from .flux_config import FluxConfig, default_axes_dims
+from .torch_weights import Rows, SwapHalves, weight_files
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 BFL_PREFIXES = ("model.diffusion_model.", "diffusion_model.")
 
+# Where each layout keeps the tensors the config is read from (PyTorch layout, [out, in]).
+SHAPE_KEYS = {
+    "diffusers": dict(
+        embed="x_embedder.weight", context="context_embedder.weight",
+        pooled="time_text_embed.text_embedder.linear_1.weight",
+        guidance="time_text_embed.guidance_embedder.linear_1.weight", out="proj_out.weight",
+        head_norm=r"\.attn\.norm_q\.weight", double="transformer_blocks", single="single_transformer_blocks",
+    ),
+    "bfl": dict(
+        embed="img_in.weight", context="txt_in.weight", pooled="vector_in.in_layer.weight",
+        guidance="guidance_in.in_layer.weight", out="final_layer.linear.weight",
+        head_norm=r"\.query_norm\.scale", double="double_blocks", single="single_blocks",
+    ),
+}
 
-def safetensors_files(folder):
-    """The weight files of a diffusers model folder: the shards named by the index, or all *.safetensors."""
-    index = [f for f in os.listdir(folder) if f.endswith(".safetensors.index.json")]
-    if index:
-        with open(os.path.join(folder, index[0])) as f:
-            names = sorted(set(json.load(f)["weight_map"].values()))
-        missing = [n for n in names if not os.path.isfile(os.path.join(folder, n))]
-        if missing:
-            raise CheckpointError(f"shards {missing} named by {index[0]} are missing from {folder!r}")
-        return [os.path.join(folder, n) for n in names]
-    files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no *.safetensors weight file in {folder!r}")
-    return [os.path.join(folder, f) for f in files]
+
+@dataclasses.dataclass
+class FluxCheckpoint:
+    """A resolved FLUX checkpoint: its layout, files, key prefix, config, and model key -> source (None: same key)."""
+
+    path: str
+    layout: str
+    files: list
+    prefix: str
+    config: FluxConfig
+    sources: dict = None
+    config_file: str = None
+    default_axes: bool = False
+
+    def notes(self):
+        notes = {"layout": self.layout + (" (sharded)" if len(self.files) > 1 else "")}
+        if self.prefix:
+            notes["key prefix"] = self.prefix
+        notes["config"] = "inferred from tensor shapes" + (f", checked against {self.config_file}"
+                                                           if self.config_file else "")
+        notes.update({k: v for k, v in self.config.to_dict().items() if not k.startswith("_")})
+        if self.default_axes:
+            notes["axes_dims_rope"] = f"{notes['axes_dims_rope']} (FLUX.1's split for the head_dim: no tensor has it)"
+        return notes
 
 
-def build_and_load(cls, config, files, dtype, key_map=None):
-    """Create `cls(config)` with uninitialised parameters in `dtype`, then fill them from `files` one tensor at a
-    time. `key_map` maps model keys to `(file key, transform)`; None means the file uses the model's own keys.
-    Strict: missing or unexpected keys raise an error listing them."""
-    dtype = check_dtype(dtype)
-    model = build_in_dtype(lambda: cls(config), dtype, lazy=True)
-    readers = [SafetensorsFile(f) for f in files]
-    where = {k: r for r in readers for k in r.keys()}
-    params = model.state_dict()
-    if key_map is None:
-        key_map = {k: (k, None) for k in params}
-        unexpected = sorted(set(where) - set(params))
+def open_checkpoint(path, config=None):
+    """Resolve `path` (a diffusers `transformer/` folder, a pipeline folder holding one, or a single safetensors
+    file in BFL or diffusers naming) from config.json and safetensors headers only; no tensor data is read.
+
+    The config comes from `config` (a dict or FluxConfig) or the folder's config.json; keys it leaves out are
+    inferred from tensor shapes (widths from the embedders, head_dim from the per-head norms, depth from the block
+    indices, dev vs schnell from the guidance embedder), and keys it sets must agree with them."""
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")) and os.path.isdir(
+        os.path.join(path, "transformer")
+    ):
+        path = os.path.join(path, "transformer")
+    config_file = None
+    if config is None and os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")):
+        config_file = os.path.join(path, "config.json")
+        with open(config_file) as f:
+            config = json.load(f)
+    if isinstance(config, FluxConfig):
+        config = {k: v for k, v in config.to_dict().items() if not k.startswith("_")}
+    config = dict(config or {})
+    FluxConfig.check_keys(config, f"FLUX transformer config ({config_file or 'given'})")
+    if os.path.isdir(path):
+        files = weight_files(path, WEIGHTS_NAME)
+    elif os.path.isfile(path):
+        files = [path]
     else:
-        unexpected = sorted(set(where) - {src for src, _ in key_map.values()})
-    missing = sorted({src for src, _ in key_map.values() if src not in where})
-    if missing or unexpected:
+        raise FileNotFoundError(f"no FLUX transformer checkpoint at {path!r}")
+    shapes = {}
+    for file in files:
+        shapes.update(SafetensorsFile(file).shapes())
+    prefix = detect_prefix(list(shapes))
+    stripped = {k[len(prefix) :]: v for k, v in shapes.items()}
+    if SHAPE_KEYS["diffusers"]["embed"] in stripped and not prefix:
+        layout = "diffusers"
+    elif SHAPE_KEYS["bfl"]["embed"] in stripped:
+        layout = "bfl"
+    else:
         raise CheckpointError(
-            f"checkpoint does not match the model: missing keys {abbreviate(missing)}, "
-            f"unexpected keys {abbreviate(unexpected)}"
+            f"{path!r} is not a FLUX transformer checkpoint: no x_embedder.weight (diffusers) or img_in.weight "
+            f"(Black Forest Labs) among its {len(shapes)} tensors"
         )
-    for name, param in params.items():
-        src, transform = key_map[name]
-        array = where[src].get(src)
-        array = transform(array) if transform else array
-        if array.ndim == 2:
-            array = array.T
-        if tuple(array.shape) != tuple(param.shape):
-            raise CheckpointError(
-                f"tensor {src!r} has shape {list(array.shape)} (after layout conversion), model expects "
-                f"{list(param.shape)} for {name!r}"
-            )
-        param.set_value(paddle.to_tensor(np.ascontiguousarray(array, dtype=np.float32)).astype(dtype))
-    model.eval()
-    return model
-
-
-def torch_layout_state(model):
-    """model parameters as float32 numpy arrays in PyTorch layout, plus the set of keys that are bf16."""
-    tensors, bf16 = {}, set()
-    for name, param in model.state_dict().items():
-        if name.endswith((".lora_A", ".lora_B")):  # adapters are saved with save_lora_weights, not here
-            continue
-        array = param.astype("float32").numpy() if param.dtype == paddle.bfloat16 else param.numpy()
-        if param.dtype == paddle.bfloat16:
-            bf16.add(name)
-        tensors[name] = array.T.copy() if array.ndim == 2 else array
-    return tensors, bf16
-
-
-def save_diffusers_folder(model, path, config, max_shard_bytes=None):
-    tensors, bf16 = torch_layout_state(model)
-    with atomic_dir(path) as tmp:
-        with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump(config, f, indent=2)
-        save_torch_layout(tensors, tmp, WEIGHTS_NAME, bf16, max_shard_bytes)
-
-
-# ---------------------------------------------------------------- Black Forest Labs single-file layout
-def strip_prefix(key):
-    for prefix in BFL_PREFIXES:
-        if key.startswith(prefix):
-            return key[len(prefix) :]
-    return key
-
-
-def strip_prefix_shapes(shapes):
-    return {strip_prefix(k): v for k, v in shapes.items()}
-
-
-def _block_count(shapes, stem):
-    ids = {int(m.group(1)) for k in shapes for m in [re.match(stem + r"\.(\d+)\.", k)] if m}
-    return max(ids) + 1 if ids else 0
-
-
-def default_axes_dims(head_dim):
-    """FLUX.1 uses (16, 56, 56) for head_dim 128; other widths keep the same 1/8 : 7/16 : 7/16 split."""
-    first = head_dim // 8 + (head_dim // 8) % 2
-    rest = (head_dim - first) // 2
-    if rest % 2:
-        first, rest = first + 2, rest - 1
-    return (first, rest, rest)
-
-
-def infer_flux_config(shapes):
-    """A FluxConfig from BFL tensor shapes: widths from the embedders, head_dim from `query_norm.scale`."""
-    from .flux_transformer import FluxConfig
-
-    try:
-        inner, in_channels = shapes["img_in.weight"]
-        joint = shapes["txt_in.weight"][1]
-        pooled = shapes["vector_in.in_layer.weight"][1]
-        norm_key = next(k for k in shapes if k.endswith("norm.query_norm.scale"))
-        out_channels = shapes["final_layer.linear.weight"][0]
-    except (KeyError, StopIteration) as e:
-        raise CheckpointError(f"not a FLUX single-file checkpoint: missing {e}") from None
-    head_dim = shapes[norm_key][0]
-    return FluxConfig(
-        in_channels=in_channels,
-        out_channels=out_channels,
-        num_layers=_block_count(shapes, "double_blocks"),
-        num_single_layers=_block_count(shapes, "single_blocks"),
-        attention_head_dim=head_dim,
-        num_attention_heads=inner // head_dim,
-        joint_attention_dim=joint,
-        pooled_projection_dim=pooled,
-        guidance_embeds="guidance_in.in_layer.weight" in shapes,
-        axes_dims_rope=default_axes_dims(head_dim),
-    )
-
-
-def _rows(start, stop):
-    return lambda a: a[start:stop]
-
-
-def _swap_halves(a):
-    half = a.shape[0] // 2
-    return np.concatenate([a[half:], a[:half]], axis=0)
+    inferred = infer_config(stripped, layout, config.get("patch_size", 1))
+    resolved = resolve_config(config, inferred, config_file or "the given config")
+    sources = None
+    if layout == "bfl":
+        sources = {key: [source] for key, source in bfl_to_diffusers_map(resolved, prefix).items()}
+    return FluxCheckpoint(path, layout, files, prefix, resolved, sources, config_file, "axes_dims_rope" not in config)
 
 
 def detect_prefix(keys):
@@ -162,6 +114,56 @@ def detect_prefix(keys):
         if keys and all(k.startswith(prefix) for k in keys):
             return prefix
     return ""
+
+
+def _block_count(shapes, stem):
+    ids = {int(m.group(1)) for k in shapes for m in [re.match(re.escape(stem) + r"\.(\d+)\.", k)] if m}
+    return max(ids) + 1 if ids else 0
+
+
+def infer_config(shapes, layout, patch_size=1):
+    """The config keys that tensor shapes determine (all but `patch_size` and `axes_dims_rope`): a dict of
+    key -> (value, the tensor it was read from)."""
+    names = SHAPE_KEYS[layout]
+    try:
+        inner, in_channels = shapes[names["embed"]]
+        joint = shapes[names["context"]][1]
+        pooled = shapes[names["pooled"]][1]
+        out_rows = shapes[names["out"]][0]
+        head_key = next(k for k in sorted(shapes) if re.search(names["head_norm"] + "$", k))
+    except (KeyError, StopIteration, ValueError) as e:
+        raise CheckpointError(f"not a complete FLUX transformer checkpoint ({layout} layout): missing {e}") from None
+    head_dim = shapes[head_key][0]
+    if inner % head_dim:
+        raise CheckpointError(f"inner width {inner} is not a multiple of head_dim {head_dim} (from {head_key!r})")
+    blocks = lambda stem: (_block_count(shapes, stem), f"{stem}.N")  # noqa: E731
+    return dict(
+        in_channels=(in_channels, names["embed"]),
+        out_channels=(out_rows // patch_size**2, names["out"]),
+        num_layers=blocks(names["double"]),
+        num_single_layers=blocks(names["single"]),
+        attention_head_dim=(head_dim, head_key),
+        num_attention_heads=(inner // head_dim, f"{names['embed']} / {head_key}"),
+        joint_attention_dim=(joint, names["context"]),
+        pooled_projection_dim=(pooled, names["pooled"]),
+        guidance_embeds=(names["guidance"] in shapes, names["guidance"]),
+    )
+
+
+def resolve_config(given, inferred, source):
+    """`given` completed with the `inferred` values; a key set in both must agree (a CheckpointError naming
+    `source` and the tensor otherwise). RoPE axes, which no tensor holds, default to FLUX.1's split for the head_dim."""
+    out = {key: value for key, (value, _) in inferred.items()}
+    for key, value in given.items():
+        if key.startswith("_") or value is None:
+            continue
+        if key in inferred and value != inferred[key][0]:
+            raise CheckpointError(
+                f"{source} sets {key}={value!r}, but the weights give {inferred[key][0]!r} (from {inferred[key][1]!r})"
+            )
+        out[key] = value
+    out.setdefault("axes_dims_rope", default_axes_dims(out["attention_head_dim"]))
+    return FluxConfig.from_dict(out)
 
 
 def bfl_to_diffusers_map(config, prefix=""):
@@ -189,9 +191,9 @@ def bfl_to_diffusers_map(config, prefix=""):
         linear(f"{d}.norm1.linear", f"{s}.img_mod.lin")
         linear(f"{d}.norm1_context.linear", f"{s}.txt_mod.lin")
         for j, name in enumerate(("to_q", "to_k", "to_v")):
-            linear(f"{d}.attn.{name}", f"{s}.img_attn.qkv", _rows(j * inner, (j + 1) * inner))
+            linear(f"{d}.attn.{name}", f"{s}.img_attn.qkv", Rows(j * inner, (j + 1) * inner))
         for j, name in enumerate(("add_q_proj", "add_k_proj", "add_v_proj")):
-            linear(f"{d}.attn.{name}", f"{s}.txt_attn.qkv", _rows(j * inner, (j + 1) * inner))
+            linear(f"{d}.attn.{name}", f"{s}.txt_attn.qkv", Rows(j * inner, (j + 1) * inner))
         m[f"{d}.attn.norm_q.weight"] = (f"{s}.img_attn.norm.query_norm.scale", None)
         m[f"{d}.attn.norm_k.weight"] = (f"{s}.img_attn.norm.key_norm.scale", None)
         m[f"{d}.attn.norm_added_q.weight"] = (f"{s}.txt_attn.norm.query_norm.scale", None)
@@ -205,28 +207,12 @@ def bfl_to_diffusers_map(config, prefix=""):
     for i in range(config.num_single_layers):
         d, s = f"single_transformer_blocks.{i}", f"single_blocks.{i}"
         for j, name in enumerate(("attn.to_q", "attn.to_k", "attn.to_v")):
-            linear(f"{d}.{name}", f"{s}.linear1", _rows(j * inner, (j + 1) * inner))
-        linear(f"{d}.proj_mlp", f"{s}.linear1", _rows(3 * inner, 3 * inner + mlp))
+            linear(f"{d}.{name}", f"{s}.linear1", Rows(j * inner, (j + 1) * inner))
+        linear(f"{d}.proj_mlp", f"{s}.linear1", Rows(3 * inner, 3 * inner + mlp))
         linear(f"{d}.proj_out", f"{s}.linear2")
         m[f"{d}.attn.norm_q.weight"] = (f"{s}.norm.query_norm.scale", None)
         m[f"{d}.attn.norm_k.weight"] = (f"{s}.norm.key_norm.scale", None)
         linear(f"{d}.norm.linear", f"{s}.modulation.lin")
-    linear("norm_out.linear", "final_layer.adaLN_modulation.1", _swap_halves)
+    linear("norm_out.linear", "final_layer.adaLN_modulation.1", SwapHalves())
     linear("proj_out", "final_layer.linear")
     return {k: (prefix + src, t) for k, (src, t) in m.items()}
-
-
-def diffusers_to_bfl(tensors, config):
-    """Inverse of `bfl_to_diffusers_map` on PyTorch-layout numpy arrays (for exporting to ComfyUI / BFL tools)."""
-    out = {}
-    inverse = {}
-    for dst, (src, transform) in bfl_to_diffusers_map(config).items():
-        inverse.setdefault(src, []).append((dst, transform))
-    for src, parts in inverse.items():
-        if len(parts) == 1 and parts[0][1] is None:
-            out[src] = tensors[parts[0][0]]
-        elif len(parts) == 1:  # the swapped final modulation
-            out[src] = _swap_halves(tensors[parts[0][0]])
-        else:
-            out[src] = np.concatenate([tensors[dst] for dst, _ in parts], axis=0)
-    return out

@@ -1,63 +1,17 @@
 """FLUX.1 transformer in Paddle, with diffusers' module names so that checkpoints and LoRA keys map one to one."""
 
-import dataclasses
-import json
+import functools
 import os
 
 import paddle
 import paddle.nn as nn
 
-from ..utils.errors import ConfigError
 from . import checkpoint
 from .blocks import ContinuousAdaNorm, DoubleStreamBlock, SingleStreamBlock
 from .embeddings import CombinedTimestepTextEmbedding, rope_frequencies
-
-
-@dataclasses.dataclass
-class FluxConfig:
-    """The diffusers `FluxTransformer2DModel` config keys. Defaults are FLUX.1-dev."""
-
-    patch_size: int = 1
-    in_channels: int = 64
-    out_channels: int = None
-    num_layers: int = 19
-    num_single_layers: int = 38
-    attention_head_dim: int = 128
-    num_attention_heads: int = 24
-    joint_attention_dim: int = 4096
-    pooled_projection_dim: int = 768
-    guidance_embeds: bool = True
-    axes_dims_rope: tuple = (16, 56, 56)
-
-    def __post_init__(self):
-        self.axes_dims_rope = tuple(int(d) for d in self.axes_dims_rope)
-        if self.out_channels is None:
-            self.out_channels = self.in_channels
-        if sum(self.axes_dims_rope) != self.attention_head_dim:
-            raise ConfigError(
-                f"axes_dims_rope {list(self.axes_dims_rope)} sums to {sum(self.axes_dims_rope)}, "
-                f"but attention_head_dim is {self.attention_head_dim}"
-            )
-        if any(d % 2 for d in self.axes_dims_rope):
-            raise ConfigError(f"axes_dims_rope {list(self.axes_dims_rope)} must hold even numbers")
-
-    @property
-    def inner_dim(self):
-        return self.num_attention_heads * self.attention_head_dim
-
-    @classmethod
-    def from_dict(cls, d):
-        """Build from a config.json dict; keys starting with `_` (diffusers bookkeeping) are ignored."""
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in d if not k.startswith("_") and k not in fields)
-        if unknown:
-            raise ConfigError(f"unknown FLUX transformer config keys {unknown}; valid keys: {sorted(fields)}")
-        return cls(**{k: v for k, v in d.items() if k in fields})
-
-    def to_dict(self):
-        d = dataclasses.asdict(self)
-        d["axes_dims_rope"] = list(self.axes_dims_rope)
-        return {"_class_name": "FluxTransformer2DModel", **d}
+from .flux_config import FluxConfig
+from .tokens import Tokens
+from .torch_weights import build_in_dtype, check_dtype, plan_load, save_model_folder
 
 
 class FluxTransformer2DModel(nn.Layer):
@@ -118,11 +72,19 @@ class FluxTransformer2DModel(nn.Layer):
         context = self.context_embedder(encoder_hidden_states.astype(dtype))
         return hidden, context, temb, rope
 
-    def run_double_block(self, index, hidden, context, temb, rope):
-        return self._call(self.transformer_blocks[index], hidden, context, temb, rope)
+    @property
+    def num_blocks(self):
+        return len(self.transformer_blocks) + len(self.single_transformer_blocks)
 
-    def run_single_block(self, index, x, temb, rope):
-        return self._call(self.single_transformer_blocks[index], x, temb, rope)
+    def run_block(self, k, tokens, temb, rope, call=None):
+        """Flat block k (double blocks first, then single blocks) on `tokens` (a `Tokens`). `call(block, *args)`
+        evaluates the block; by default directly, or recomputed in backward under gradient checkpointing."""
+        call = call or self._call
+        n_double = len(self.transformer_blocks)
+        if k < n_double:
+            hidden, context = call(self.transformer_blocks[k], tokens.image, tokens.context, temb, rope)
+            return Tokens.streams(context, hidden)
+        return Tokens((call(self.single_transformer_blocks[k - n_double], tokens.joint, temb, rope),), tokens.n_txt)
 
     def _call(self, block, *args):
         if self.gradient_checkpointing and self.training:
@@ -131,20 +93,21 @@ class FluxTransformer2DModel(nn.Layer):
             return recompute(block, *args, use_reentrant=False)
         return block(*args)
 
-    def run_blocks(self, hidden, context, temb, rope, features=None):
-        """All blocks in order; returns the image tokens. `features`, a list, receives the image tokens after
-        every double and every single block (the adversarial discriminator's inputs)."""
-        for i in range(len(self.transformer_blocks)):
-            hidden, context = self.run_double_block(i, hidden, context, temb, rope)
-            if features is not None:
-                features.append(hidden)
-        n_txt = context.shape[1]
-        x = paddle.concat([context, hidden], axis=1)
-        for i in range(len(self.single_transformer_blocks)):
-            x = self.run_single_block(i, x, temb, rope)
-            if features is not None:
-                features.append(x[:, n_txt:])
-        return x[:, n_txt:]
+    def run_block_range(self, tokens, temb, rope, start=0, stop=None, visit=None, call=None):
+        """The block loop, written once for forward, the cache policies and the discriminator's teacher features:
+        flat blocks start..stop-1 on `tokens`, joined into one sequence before the first single block. `visit(k,
+        tokens, run)`, when given, stands in for block k's plain evaluation `run(tokens)` (to skip or record it)."""
+        n_double = len(self.transformer_blocks)
+        for k in range(start, self.num_blocks if stop is None else stop):
+            if k >= n_double:
+                tokens = tokens.joined()
+            run = functools.partial(self.run_block, k, temb=temb, rope=rope, call=call)
+            tokens = run(tokens) if visit is None else visit(k, tokens, run)
+        return tokens
+
+    def run_blocks(self, hidden, context, temb, rope, visit=None, call=None):
+        """Every block on the embedded streams; returns the image tokens (see `run_block_range`)."""
+        return self.run_block_range(Tokens.streams(context, hidden), temb, rope, visit=visit, call=call).image
 
     def project_out(self, hidden, temb):
         return self.proj_out(self.norm_out(hidden, temb))
@@ -162,14 +125,22 @@ class FluxTransformer2DModel(nn.Layer):
         return self.project_out(hidden, temb)
 
     def block_features(
-        self, hidden_states, encoder_hidden_states, pooled_projections, timestep, img_ids, txt_ids, guidance=None
+        self, hidden_states, encoder_hidden_states, pooled_projections, timestep, img_ids, txt_ids, guidance=None,
+        call=None,
     ):
-        """Image-token features after every double and single block: a list of `[B, S_img, inner]`."""
+        """Image-token features after every double and single block: a list of `[B, S_img, inner]`. `call` as in
+        `run_block` (the discriminator's teacher recomputes blocks with its adapters off)."""
         hidden, context, temb, rope = self.embed(
             hidden_states, encoder_hidden_states, pooled_projections, timestep, img_ids, txt_ids, guidance
         )
         features = []
-        self.run_blocks(hidden, context, temb, rope, features=features)
+
+        def record(k, tokens, run):
+            tokens = run(tokens)
+            features.append(tokens.image)
+            return tokens
+
+        self.run_blocks(hidden, context, temb, rope, visit=record, call=call)
         return features
 
     def enable_gradient_checkpointing(self, enabled=True):
@@ -183,31 +154,32 @@ class FluxTransformer2DModel(nn.Layer):
 
     # ------------------------------------------------------------------ I/O
     @classmethod
+    def load_plan(cls, path, config=None, dtype="float32"):
+        """What loading `path` does, decided from config.json and safetensors headers alone (no tensor data read):
+        every parameter's source tensor, file, row slice and transpose, checked against the model built (lazily,
+        without memory) from the resolved config. `plan.load()` executes it; `plan.format()` prints it."""
+        dtype = check_dtype(dtype)
+        ckpt = checkpoint.open_checkpoint(path, config)
+        model = build_in_dtype(lambda: cls(ckpt.config), dtype, lazy=True)
+        return plan_load(model, ckpt.files, ckpt.sources, what=f"FLUX transformer {ckpt.path!r}", notes=ckpt.notes())
+
+    @classmethod
     def from_pretrained(cls, path, dtype="float32", subfolder=None):
         """Load a diffusers `transformer/` folder (config.json + safetensors, single or sharded, PyTorch layout)
         or this project's `save_pretrained` output. Tensors are streamed and cast one at a time."""
         if subfolder:
             path = os.path.join(path, subfolder)
-        config_path = os.path.join(path, cls.config_name)
-        if not os.path.isfile(config_path):
-            raise FileNotFoundError(f"no {cls.config_name} in transformer folder {path!r}")
-        with open(config_path) as f:
-            config = FluxConfig.from_dict(json.load(f))
-        files = checkpoint.safetensors_files(path)
-        return checkpoint.build_and_load(cls, config, files, dtype, key_map=None)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"no transformer folder {path!r}")
+        return cls.load_plan(path, dtype=dtype).load()
 
     @classmethod
     def from_single_file(cls, path, config=None, dtype="float32"):
         """Load a Black Forest Labs single file (`flux1-dev.safetensors` layout, with or without the
         `model.diffusion_model.` prefix). Without `config`, the config is inferred from the tensor shapes."""
-        reader = checkpoint.SafetensorsFile(path)
-        bfl_shapes = checkpoint.strip_prefix_shapes(reader.shapes())
-        if config is None:
-            config = checkpoint.infer_flux_config(bfl_shapes)
-        elif isinstance(config, dict):
-            config = FluxConfig.from_dict(config)
-        key_map = checkpoint.bfl_to_diffusers_map(config, checkpoint.detect_prefix(reader.keys()))
-        return checkpoint.build_and_load(cls, config, [path], dtype, key_map=key_map)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no checkpoint file {path!r}")
+        return cls.load_plan(path, config=config, dtype=dtype).load()
 
     def save_pretrained(self, path, max_shard_bytes=None):
         """Write config.json + diffusion_pytorch_model.safetensors in diffusers layout (PyTorch `[out, in]`
@@ -220,7 +192,9 @@ class FluxTransformer2DModel(nn.Layer):
                 f"{len(unfused)} LoRA adapters (e.g. {unfused[0]!r}) are not fused: fuse_lora() to bake them into the "
                 "weights, or unload_lora() and save them with save_lora_weights()"
             )
-        checkpoint.save_diffusers_folder(self, path, self.config.to_dict(), max_shard_bytes=max_shard_bytes)
+        adapters = [k for k in self.state_dict() if k.endswith((".lora_A", ".lora_B"))]
+        save_model_folder(self, path, self.config.to_dict(), checkpoint.WEIGHTS_NAME, skip=adapters,
+                          max_shard_bytes=max_shard_bytes)
 
 
 def _per_sample(value, batch):

@@ -8,16 +8,8 @@ tied to the encoder's token embedding. The folder is only read.
 import json
 import os
 
-from ..utils.atomic import atomic_dir
 from ..utils.errors import ConfigError
-from .torch_weights import (
-    build_in_dtype,
-    check_dtype,
-    load_torch_layout,
-    save_torch_layout,
-    torch_layout_arrays,
-    weight_files,
-)
+from .torch_weights import build_in_dtype, check_dtype, load_torch_layout, save_model_folder, weight_files
 
 WEIGHTS_NAME = "model.safetensors"
 
@@ -135,17 +127,14 @@ def save_text_encoder(model, folder, max_shard_bytes=None):
     from paddlenlp.transformers import CLIPTextModel, T5EncoderModel
 
     if isinstance(model, CLIPTextModel):
-        tensors, bf16 = torch_layout_arrays(model, rename=clip_paddle_to_hf)
+        layout = dict(rename=clip_paddle_to_hf)
     elif isinstance(model, T5EncoderModel):
-        tensors, bf16 = torch_layout_arrays(model, skip=("encoder.embed_tokens.weight",))
+        layout = dict(skip=("encoder.embed_tokens.weight",))
     else:
         raise TypeError(f"cannot save a {type(model).__name__} as a text encoder (CLIPTextModel or T5EncoderModel)")
     config = dict(getattr(model, "hf_config", None) or model.config.to_dict())
     config["torch_dtype"] = str(model.parameters()[0].dtype).replace("paddle.", "")
-    with atomic_dir(folder) as tmp:
-        with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump(config, f, indent=2)
-        save_torch_layout(tensors, tmp, WEIGHTS_NAME, bf16=bf16, max_shard_bytes=max_shard_bytes)
+    save_model_folder(model, folder, config, WEIGHTS_NAME, max_shard_bytes=max_shard_bytes, **layout)
 
 
 

@@ -8,9 +8,8 @@ import inspect
 import json
 import os
 
-from ..utils.atomic import atomic_dir
 from ..utils.errors import ConfigError
-from .torch_weights import build_in_dtype, load_torch_layout, save_torch_layout, torch_layout_arrays, weight_files
+from .torch_weights import build_in_dtype, load_torch_layout, save_model_folder, weight_files
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
 # diffusers config keys ppdiffusers 0.29 lacks, with the only value it implements.
@@ -56,11 +55,7 @@ def save_vae(vae, folder, max_shard_bytes=None):
     config = {"_class_name": "AutoencoderKL"}
     config.update({k: v for k, v in dict(vae.config).items() if not k.startswith("_") and v is not None})
     config = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
-    tensors, bf16 = torch_layout_arrays(vae)
-    with atomic_dir(folder) as tmp:
-        with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump(config, f, indent=2)
-        save_torch_layout(tensors, tmp, WEIGHTS_NAME, bf16=bf16, max_shard_bytes=max_shard_bytes)
+    save_model_folder(vae, folder, config, WEIGHTS_NAME, max_shard_bytes=max_shard_bytes)
 
 
 def scale_factor(vae):

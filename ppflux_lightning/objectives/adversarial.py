@@ -19,30 +19,19 @@ def teacher_features(ctx, x, sigma):
     adapters off itself: the model's own recompute would rerun the block in backward with the adapters back on."""
     model = ctx.model
     kwargs = ctx.cond.tile(x.shape[0] // ctx.batch).kwargs(x.shape[0])
-    recomputed = model.gradient_checkpointing and model.training and paddle.is_grad_enabled()
+    call = None
+    if model.gradient_checkpointing and model.training and paddle.is_grad_enabled():
+        from paddle.distributed.fleet.utils import recompute
+
+        def call(block, *args):
+            def teacher(*inputs):
+                with checkpointing_paused(model), ctx.adapters_off(model):
+                    return block(*inputs)
+
+            return recompute(teacher, *args, use_reentrant=False)
+
     with checkpointing_paused(model), ctx.adapters_off(model):
-        if not recomputed:
-            return model.block_features(x, timestep=sigma, **kwargs)
-        hidden, context, temb, rope = model.embed(x, timestep=sigma, **kwargs)
-    from paddle.distributed.fleet.utils import recompute
-
-    def teacher(block):
-        def run(*args):
-            with checkpointing_paused(model), ctx.adapters_off(model):
-                return block(*args)
-
-        return run
-
-    features = []
-    for block in model.transformer_blocks:
-        hidden, context = recompute(teacher(block), hidden, context, temb, rope, use_reentrant=False)
-        features.append(hidden)
-    n_txt = context.shape[1]
-    joint = paddle.concat([context, hidden], axis=1)
-    for block in model.single_transformer_blocks:
-        joint = recompute(teacher(block), joint, temb, rope, use_reentrant=False)
-        features.append(joint[:, n_txt:])
-    return features
+        return model.block_features(x, timestep=sigma, call=call, **kwargs)
 
 
 class _AdversarialBase(Objective):

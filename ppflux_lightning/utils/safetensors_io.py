@@ -31,7 +31,8 @@ def f32_to_bf16_bits(x):
 
 
 class SafetensorsFile:
-    """Lazy reader: `keys()`, `shapes()`, `metadata`, `get(key)` -> numpy (bf16 decoded to float32)."""
+    """Lazy reader: `keys()`, `shapes()`, `dtype(key)`, `metadata` come from the header alone; `get(key)` -> numpy
+    (bf16 decoded to float32) maps the file on first use."""
 
     def __init__(self, path):
         if not os.path.isfile(path):
@@ -53,7 +54,7 @@ class SafetensorsFile:
             begin, end = info["data_offsets"]
             if info["dtype"] not in _NP or self._data_start + end > size:
                 raise CheckpointError(f"{path!r} is truncated or corrupt at tensor {key!r}")
-        self._map = np.memmap(path, dtype=np.uint8, mode="r") if size > self._data_start else None
+        self._map = None
 
     def keys(self):
         return list(self._header)
@@ -67,6 +68,8 @@ class SafetensorsFile:
     def get(self, key):
         info = self._header[key]
         begin, end = info["data_offsets"]
+        if self._map is None:
+            self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
         raw = self._map[self._data_start + begin : self._data_start + end]
         arr = np.frombuffer(raw.tobytes(), dtype=_NP[info["dtype"]]).reshape(info["shape"])
         return bf16_bits_to_f32(arr) if info["dtype"] == "BF16" else arr
