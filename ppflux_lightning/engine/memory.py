@@ -442,28 +442,25 @@ def gib(n):
 
 
 def format_estimate(est, title=None):
-    """A markdown report: shapes, static memory, each step's peak lines, the per-GPU peak."""
+    """A markdown report: shapes, static memory, each step's peak lines, the per-GPU peak (GiB, or MiB when small)."""
     s, fc = est.shapes, est.shapes.fc
-    out = []
-    if title:
-        out.append(title)
+    unit, scale = ("GiB", GIB) if est.peak_bytes >= GIB else ("MiB", 2**20)
+    size = lambda n: f"{n / scale:.2f}"
+    out = [title] if title else []
     out.append(f"shapes: {fc.num_layers} double + {fc.num_single_layers} single blocks, width {fc.inner_dim} "
                f"({fc.num_attention_heads} heads x {fc.attention_head_dim}); sequence {s.text_tokens} text + "
                f"{s.image_tokens} image tokens; batch {s.batch}; {est.dtype}; "
                f"{'CPU attention' if s.cpu else 'fused GPU attention'}")
-    out.append("")
-    out.append("| memory | GiB | note |")
-    out.append("|---|---:|---|")
+    out += ["", f"| memory | {unit} | note |", "|---|---:|---|"]
     for x in est.static:
-        out.append(f"| {x.name} | {gib(x.bytes):.2f} | {x.note} |")
-    out.append(f"| **static total** | **{gib(est.static_bytes):.2f}** | |")
+        out.append(f"| {x.name} | {size(x.bytes)} | {x.note} |")
+    out.append(f"| **static total** | **{size(est.static_bytes)}** | |")
     for group, lines in est.steps.items():
         for x in lines:
-            out.append(f"| {group} step: {x.name} | {gib(x.bytes):.2f} | {x.note} |")
-        out.append(f"| **{group} step peak** | **{gib(est.step_bytes(group)):.2f}** | |")
+            out.append(f"| {group} step: {x.name} | {size(x.bytes)} | {x.note} |")
+        out.append(f"| **{group} step peak** | **{size(est.step_bytes(group))}** | |")
     out.append("")
-    out.append(f"per-GPU peak: {gib(est.peak_bytes):.1f} GiB ({est.peak_group} step)" if est.steps else
-               f"per-GPU peak: {gib(est.peak_bytes):.1f} GiB")
-    for note in est.notes:
-        out.append(f"note: {note}")
+    where = f" ({est.peak_group} step)" if est.steps else ""
+    out.append(f"per-GPU peak: {size(est.peak_bytes)} {unit}{where}")
+    out += [f"note: {note}" for note in est.notes]
     return "\n".join(out)
