@@ -3,7 +3,7 @@
     python bench/bench_memory.py [--widths 64 128 256] [--double 2 --single 4 --resolution 256 --steps 4]
 
 For each width, with and without gradient checkpointing, a fresh process builds the real `Trainer` on a random
-FLUX-architecture transformer of that width (reference LoRA targets, 57 -> double + single heads, cached random
+FLUX-architecture transformer of that width (the 12 reference LoRA targets, one D head per block, cached random
 embeddings) and runs `--steps` train steps (D and G alternate). Measured = the peak of Paddle's host allocator
 (`core.host_memory_stat_peak_value("Allocated", 0)`: the bytes of every live CPU tensor, exact and resettable; the
 process RSS would add the Python/Paddle runtime, MKL workspaces and freed-but-cached heap pages, and its lifetime

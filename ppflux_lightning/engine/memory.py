@@ -353,6 +353,11 @@ def estimate(cfg, device="gpu", world_size=1, encoders=None):
     targets = cfg.lora.target_modules
     modules = lora_modules(fc, targets)
     rank = int(cfg.lora.rank)
+    for key, value, low in (("lora.rank", rank, 1), ("train.batch_size", cfg.train.batch_size, 1),
+                            ("objectives.adversarial.head_channels", obj.adversarial.head_channels, 0),
+                            ("model.max_sequence_length", cfg.model.max_sequence_length, 1)):
+        if int(value) < low:
+            raise ConfigError(f"{key} must be >= {low}, got {value!r}")
     s = Shapes(fc, int(cfg.model.max_sequence_length), image_tokens(cfg), int(cfg.train.batch_size), act,
                device == "cpu", modules, rank, int(obj.adversarial.head_channels) or fc.inner_dim)
     recompute = bool(cfg.model.gradient_checkpointing)
