@@ -14,8 +14,9 @@ from ppflux_lightning import lora
 from ppflux_lightning.config import load_config, validate
 from ppflux_lightning.engine import memory
 from ppflux_lightning.engine.schema import DEFAULTS
+from ppflux_lightning.models.attention import RMSNorm
 from ppflux_lightning.models.blocks import DoubleStreamBlock, SingleStreamBlock
-from ppflux_lightning.models.embeddings import rope_frequencies
+from ppflux_lightning.models.embeddings import apply_rope, rope_frequencies
 from ppflux_lightning.models.flux_transformer import FluxConfig, FluxTransformer2DModel
 from ppflux_lightning.objectives import DistillationRecipe, EulerSolver
 from ppflux_lightning.schedulers.flow_match import FlowMatchEulerScheduler
@@ -127,6 +128,33 @@ def test_block_saved_bytes_match_the_allocator(kind):
     s = memory.Shapes(fc, st, si, b, 4, True, [m for m in memory.lora_modules(fc) if m[0].startswith(prefix)], 4, c)
     expected = b * memory.block_saved(s, kind)
     assert abs(kept - expected) / expected < 0.03, (kept, expected)
+
+
+def _kept_per_element(fn, x0):
+    """Bytes per element that `fn(x)` keeps for backward once its input and output are dropped (input freed: -)."""
+    from paddle.base import core
+
+    x = x0 * 1.0
+    before = core.host_memory_stat_current_value("Allocated", 0)
+    z = fn(x) * 2.0  # a scale keeps nothing for backward
+    del x
+    kept = core.host_memory_stat_current_value("Allocated", 0) - before - int(z.numel()) * z.element_size()
+    return kept / int(x0.numel())
+
+
+def test_bf16_copies_counted_by_block_saved():
+    """The bf16 pieces the CPU train steps cannot run: RMSNorm keeps an fp32 copy of its bf16 input and a bf16 copy
+    of the normalised tensor (1 f32 + 1 act); RoPE keeps 2 fp32 copies on the CPU matmul path, 3 on the GPU path."""
+    x0 = paddle.randn([2, 64, 4, 16]).astype("bfloat16")
+    x0.stop_gradient = False
+    norm = RMSNorm(16)
+    norm.to(dtype="bfloat16")
+    # input (2 bytes) freed, fp32 copy (4) + bf16 copy (2) kept, plus the per-head rsqrt (4 / head_dim)
+    assert _kept_per_element(norm, x0) == pytest.approx(-2 + 4 + 2 + 4 / 16)
+    rope = rope_frequencies(paddle.zeros([64, 3]), (4, 6, 6))
+    for use_matmul, copies in ((True, 2), (False, 3)):
+        kept = _kept_per_element(lambda x, m=use_matmul: apply_rope(x, rope, use_matmul=m), x0)
+        assert kept == pytest.approx(-2 + 4 * copies, abs=0.2)
 
 
 def test_dev_config_estimate_and_levers():

@@ -43,10 +43,16 @@ FLUX1_COMPONENTS = {
 }
 
 # Working sets beyond the saved tensors, in token-width units (tokens x inner width x activation bytes), measured
-# once per block type on the CPU allocator (see bench/bench_memory.py): a no-grad block forward holds its output
-# and these intermediates at its peak; a block's backward holds these gradients on top of its saved tensors.
+# once per block type on the CPU allocator: a no-grad block forward holds its output and these intermediates at its
+# peak; a block's backward holds these gradients on top of its saved tensors. On the CPU path the attention backward
+# adds two [H, S, S] gradients while the tensors saved after the attention (double: out-projection, residual,
+# modulation and MLP, 5 + 2 x MLP ratio units; single: 8 units) are already freed.
 NOGRAD_WORKSET = {"double": 5.2, "single": 10.0}
 BACKWARD_WORKSET = {"double": 4.7, "single": 6.0}
+AFTER_ATTENTION = {"double": 5 + 2 * MLP_RATIO, "single": 8}
+# Latent-size fp32 tensors a step holds besides the graphs: latents, noise, x_t, the three re-noising draws, pred,
+# target, the teacher / student / DMD velocities and re-noised inputs.
+STEP_LATENTS = 12
 
 
 # ---------------------------------------------------------------------------------------------------- shapes
@@ -270,7 +276,10 @@ def backward_peak(s, recompute):
     """Extra bytes one sample's block backward holds: its recomputed saved tensors (with recompute) and gradients."""
     def work(kind):
         saved = block_saved(s, kind) if recompute else 0
-        return saved + BACKWARD_WORKSET[kind] * _token_bytes(s) + (_scores(s) / 2 if s.cpu else 0)
+        grads = BACKWARD_WORKSET[kind] * _token_bytes(s)
+        if s.cpu:
+            grads = max(grads, 2 * _scores(s) - AFTER_ATTENTION[kind] * _token_bytes(s))
+        return saved + grads
     return max(work("double") if s.fc.num_layers else 0, work("single") if s.fc.num_single_layers else 0)
 
 
@@ -303,6 +312,7 @@ class Estimate:
     steps: dict              # {"generator": [Line], "discriminator": [Line]}
     counts: dict             # parameter counts and module counts
     notes: list
+    alive: dict = dataclasses.field(default_factory=dict)   # {group: which forwards coexist}
 
     @property
     def static_bytes(self):
@@ -395,8 +405,9 @@ def estimate(cfg, device="gpu", world_size=1, encoders=None):
         static.append(Line("D heads weights + optimizer", n_d * (act + state),
                            f"{counts['discriminator_heads']} heads x width {s.head_hidden}, {n_d / 1e9:.3f}B params;"
                            f" {opt_note}"))
-    static.append(Line("batch inputs", b * (s.text_tokens * fc.joint_attention_dim + fc.pooled_projection_dim +
-                                            3 * s.image_tokens * fc.in_channels) * 4, "T5/CLIP embeddings, latents"))
+    batch = Line("batch and step tensors", b * (s.text_tokens * fc.joint_attention_dim + fc.pooled_projection_dim
+                                                + STEP_LATENTS * s.image_tokens * fc.in_channels) * 4,
+                 f"T5/CLIP embeddings; {STEP_LATENTS} fp32 latent-size tensors (x_t, draws, pred, target, ...)")
 
     def allreduce(n):
         """Our multi-process all-reduce: every gradient cast to fp32 and concatenated, then divided (two copies)."""
@@ -425,7 +436,10 @@ def estimate(cfg, device="gpu", world_size=1, encoders=None):
               graphs + grads + [Line("backward working set", b * backward_peak(s, recompute),
                                      "one block recomputed + its gradients" if recompute else "one block's gradients")],
               grads + allreduce(n_lora)]
-    steps["generator"] = max(phases, key=lambda lines: sum(x.bytes for x in lines))
+    steps["generator"] = [batch] + max(phases, key=lambda lines: sum(x.bytes for x in lines))
+    alive = {"generator": f"{len(graphs)} transformer forwards with grad alive at backward "
+                          f"({', '.join(x.name.split('(')[-1].rstrip(')') for x in graphs)}); no-grad forwards of "
+                          f"batch {n_nograd * b} before them"}
     # ---- discriminator step: no-grad target + pred, no-grad teacher features of real and fake (2B) kept for the
     # heads, the heads with grad; then the D backward.
     if adv:
@@ -437,8 +451,10 @@ def estimate(cfg, device="gpu", world_size=1, encoders=None):
                    Line("D heads activations, real + fake", 2 * b * head_saved(s)), d_grads,
                    Line("heads backward working set", 2 * b * 3 * s.image_tokens * s.head_hidden * s.act)],
                   [d_grads] + allreduce(n_d)]
-        steps["discriminator"] = max(phases, key=lambda lines: sum(x.bytes for x in lines))
-    return Estimate(s, dtype, static, steps, counts, notes)
+        steps["discriminator"] = [batch] + max(phases, key=lambda lines: sum(x.bytes for x in lines))
+        alive["discriminator"] = (f"no transformer forward with grad; a no-grad teacher pass of batch {2 * b} whose "
+                                  f"{num_heads(fc)} features stay alive for the heads (with grad)")
+    return Estimate(s, dtype, static, steps, counts, notes, alive)
 
 
 # ---------------------------------------------------------------------------------------------------- report
@@ -467,5 +483,6 @@ def format_estimate(est, title=None):
     out.append("")
     where = f" ({est.peak_group} step)" if est.steps else ""
     out.append(f"per-GPU peak: {size(est.peak_bytes)} {unit}{where}")
+    out += [f"{group} step: {text}" for group, text in est.alive.items()]
     out += [f"note: {note}" for note in est.notes]
     return "\n".join(out)
