@@ -229,8 +229,8 @@ def _stream_tokens(name, s):
     return 1
 
 
-def block_saved(s, kind):
-    """Bytes one sample's block forward keeps for backward (block input excluded)."""
+def block_saved(s, kind, index=0):
+    """Bytes one sample's forward of block `index` of `kind` keeps for backward (block input excluded)."""
     c, m, f = s.fc.inner_dim, MLP_RATIO, 4
     rope = 3 if not s.cpu else 2    # fp32 rope copies kept per q / k (the GPU path flips pairs: one more)
     if kind == "double":
@@ -239,7 +239,7 @@ def block_saved(s, kind):
     else:
         # modulate 2, proj_mlp out m, concat 1 + m, q/k RMSNorm 2, attention q k v (+ out on GPU), proj_out 1
         act_units, f32_units = 9 + 2 * m + (0 if s.cpu else 1), 2 + 2 * rope
-    prefix = "transformer_blocks.0." if kind == "double" else "single_transformer_blocks.0."
+    prefix = f"transformer_blocks.{index}." if kind == "double" else f"single_transformer_blocks.{index}."
     lora = sum(s.rank * _stream_tokens(n, s) for n, _, _ in s.lora if n.startswith(prefix)) * s.act
     return s.tokens * c * (act_units * s.act + f32_units * f) + lora + _scores(s)
 
@@ -262,7 +262,8 @@ def grad_forward(s, recompute, with_final=True):
     final = 2 * _token_bytes(s, s.image_tokens) if with_final else s.image_tokens * fc.in_channels * s.act
     if recompute:
         return inputs + final
-    return inputs + final + fc.num_layers * block_saved(s, "double") + fc.num_single_layers * block_saved(s, "single")
+    return inputs + final + sum(block_saved(s, "double", i) for i in range(fc.num_layers)) + \
+        sum(block_saved(s, "single", i) for i in range(fc.num_single_layers))
 
 
 def nograd_peak(s):
