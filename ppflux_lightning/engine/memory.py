@@ -331,6 +331,14 @@ class Estimate:
         return max(self.steps, key=self.step_bytes)
 
 
+def human(n):
+    """A parameter count as 11.901B / 89.7M / 12.3K."""
+    for div, suffix, digits in ((1e9, "B", 3), (1e6, "M", 1), (1e3, "K", 1)):
+        if n >= div:
+            return f"{n / div:.{digits}f}{suffix}"
+    return str(int(n))
+
+
 def resolve_estimate_dtype(name, device):
     """`auto` is bfloat16 on a GPU (the estimate assumes a bf16-capable one) and float32 on the CPU."""
     if name not in ("auto", "float32", "bfloat16"):
@@ -380,7 +388,7 @@ def estimate(cfg, device="gpu", world_size=1, encoders=None):
               "discriminator_heads": num_heads(fc) if adv else 0}
     state = (4 + 8) if mixed else 8    # fp32 master copy (bf16 O2) + two fp32 AdamW moments
     opt_note = "fp32 master + 2 fp32 AdamW moments" if mixed else "2 fp32 AdamW moments"
-    static = [Line("transformer weights", n_base * act, f"{n_base / 1e9:.3f}B params, {dtype}")]
+    static = [Line("transformer weights", n_base * act, f"{human(n_base)} params, {dtype}")]
     notes = []
     if encoders is None:
         cached = cfg.data.type == "cached"
@@ -399,12 +407,12 @@ def estimate(cfg, device="gpu", world_size=1, encoders=None):
                 continue
             n = fn(ccfg)
             counts[name] = n
-            static.append(Line(f"{label} weights", n * act, f"{n / 1e6:.1f}M params, {dtype}"))
+            static.append(Line(f"{label} weights", n * act, f"{human(n)} params, {dtype}"))
     static.append(Line("LoRA weights + optimizer", n_lora * (act + state),
-                       f"{len(modules)} modules, rank {rank}, {n_lora / 1e6:.1f}M params; {opt_note}"))
+                       f"{len(modules)} modules, rank {rank}, {human(n_lora)} params; {opt_note}"))
     if adv:
         static.append(Line("D heads weights + optimizer", n_d * (act + state),
-                           f"{counts['discriminator_heads']} heads x width {s.head_hidden}, {n_d / 1e9:.3f}B params;"
+                           f"{counts['discriminator_heads']} heads x width {s.head_hidden}, {human(n_d)} params;"
                            f" {opt_note}"))
     batch = Line("batch and step tensors", b * (s.text_tokens * fc.joint_attention_dim + fc.pooled_projection_dim
                                                 + STEP_LATENTS * s.image_tokens * fc.in_channels) * 4,
