@@ -1,6 +1,8 @@
 """The memory estimator's parameter counts against real built models, its per-block activation accounting against
 Paddle's allocator, the FLUX.1-dev LoRA count, and the CLI."""
 
+import contextlib
+import gc
 import importlib.util
 import json
 import os
@@ -38,6 +40,17 @@ def estimate_memory():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@contextlib.contextmanager
+def quiet_gc():
+    """No garbage collection of earlier tests' tensors inside an allocator measurement."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def count(params):
@@ -121,9 +134,10 @@ def test_block_saved_bytes_match_the_allocator(kind):
     joint = paddle.concat([ctx, x], axis=1)
     for t in (x, ctx, joint):
         t.stop_gradient = False
-    before = core.host_memory_stat_current_value("Allocated", 0)
-    out = block(x, ctx, temb, rope) if kind == "double" else (block(joint, temb, rope),)
-    kept = core.host_memory_stat_current_value("Allocated", 0) - before - sum(int(o.numel()) * 4 for o in out)
+    with quiet_gc():
+        before = core.host_memory_stat_current_value("Allocated", 0)
+        out = block(x, ctx, temb, rope) if kind == "double" else (block(joint, temb, rope),)
+        kept = core.host_memory_stat_current_value("Allocated", 0) - before - sum(int(o.numel()) * 4 for o in out)
     prefix = "transformer_blocks.0." if kind == "double" else "single_transformer_blocks.0."
     s = memory.Shapes(fc, st, si, b, 4, True, [m for m in memory.lora_modules(fc) if m[0].startswith(prefix)], 4, c)
     expected = b * memory.block_saved(s, kind)
@@ -134,11 +148,12 @@ def _kept_per_element(fn, x0):
     """Bytes per element that `fn(x)` keeps for backward once its input and output are dropped (input freed: -)."""
     from paddle.base import core
 
-    x = x0 * 1.0
-    before = core.host_memory_stat_current_value("Allocated", 0)
-    z = fn(x) * 2.0  # a scale keeps nothing for backward
-    del x
-    kept = core.host_memory_stat_current_value("Allocated", 0) - before - int(z.numel()) * z.element_size()
+    with quiet_gc():
+        x = x0 * 1.0
+        before = core.host_memory_stat_current_value("Allocated", 0)
+        z = fn(x) * 2.0  # a scale keeps nothing for backward
+        del x
+        kept = core.host_memory_stat_current_value("Allocated", 0) - before - int(z.numel()) * z.element_size()
     return kept / int(x0.numel())
 
 
