@@ -24,6 +24,8 @@ def main(argv=None):
     parser.add_argument("--world_size", type=int, default=1, help="processes (adds the gradient all-reduce buffers)")
     parser.add_argument("--encoders", choices=("auto", "resident", "offloaded"), default="auto",
                         help="text encoders + VAE on the GPU: auto decides from data.type / validation")
+    parser.add_argument("--lora_dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="adapter dtype: the trainer keeps fp32 adapters; bfloat16 = the reference's O2 cast")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for bad input")
     args = parser.parse_args(argv)
     try:
@@ -31,7 +33,8 @@ def main(argv=None):
             raise ConfigError(f"--world_size must be >= 1, got {args.world_size}")
         cfg = load_config(args.config, args.override, schema=DEFAULTS)
         encoders = {"auto": None, "resident": True, "offloaded": False}[args.encoders]
-        est = estimate(cfg, device=args.device, world_size=args.world_size, encoders=encoders)
+        est = estimate(cfg, device=args.device, world_size=args.world_size, encoders=encoders,
+                       lora_dtype=args.lora_dtype)
     except (ConfigError, FileNotFoundError) as e:
         if args.debug:
             raise

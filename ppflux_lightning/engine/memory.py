@@ -212,6 +212,7 @@ class Shapes:
     lora: list               # adapted (name, in, out)
     rank: int
     head_hidden: int
+    lora_bytes: int = 0      # bytes per LoRA element; 0 = the training dtype
 
     @property
     def tokens(self):
@@ -229,8 +230,9 @@ def _stream_tokens(name, s):
     return 1
 
 
-def block_saved(s, kind, index=0):
-    """Bytes one sample's forward of block `index` of `kind` keeps for backward (block input excluded)."""
+def block_saved(s, kind, index=0, adapters=True):
+    """Bytes one sample's forward of block `index` of `kind` keeps for backward (block input excluded); with the
+    adapters off (the teacher) the LoRA branches do not run."""
     c, m, f = s.fc.inner_dim, MLP_RATIO, 4
     rope = 3 if not s.cpu else 2    # fp32 rope copies kept per q / k (the GPU path flips pairs: one more)
     if kind == "double":
@@ -240,7 +242,10 @@ def block_saved(s, kind, index=0):
         # modulate 2, proj_mlp out m, concat 1 + m, q/k RMSNorm 2, attention q k v (+ out on GPU), proj_out 1
         act_units, f32_units = 9 + 2 * m + (0 if s.cpu else 1), 2 + 2 * rope
     prefix = f"transformer_blocks.{index}." if kind == "double" else f"single_transformer_blocks.{index}."
-    lora = sum(s.rank * _stream_tokens(n, s) for n, _, _ in s.lora if n.startswith(prefix)) * s.act
+    adapted = [(n, i) for n, i, _ in s.lora if n.startswith(prefix)] if adapters else []
+    lora_bytes = s.lora_bytes or s.act
+    # each adapter keeps its rank-r tensor; adapters in another dtype also keep a cast copy of their input
+    lora = sum(_stream_tokens(n, s) * (s.rank + (i if lora_bytes != s.act else 0)) for n, i in adapted) * lora_bytes
     return s.tokens * c * (act_units * s.act + f32_units * f) + lora + _scores(s)
 
 
@@ -255,15 +260,15 @@ def _token_bytes(s, tokens=None, width=None):
 
 
 def grad_forward(s, recompute, with_final=True):
-    """Bytes one sample's transformer forward with gradient keeps until backward (graph of pred / reflow, or of the
-    teacher features for the adversarial G term when `with_final` is False)."""
-    fc = s.fc
+    """Bytes one sample's transformer forward with gradient keeps until backward: the student's (pred / reflow), or
+    the adapters-off teacher's run to the block features for the adversarial G term when `with_final` is False."""
+    fc, student = s.fc, with_final
     inputs = (fc.num_layers + fc.num_single_layers + 1) * _token_bytes(s)   # block inputs + last output
     final = 2 * _token_bytes(s, s.image_tokens) if with_final else s.image_tokens * fc.in_channels * s.act
     if recompute:
         return inputs + final
-    return inputs + final + sum(block_saved(s, "double", i) for i in range(fc.num_layers)) + \
-        sum(block_saved(s, "single", i) for i in range(fc.num_single_layers))
+    return inputs + final + sum(block_saved(s, "double", i, student) for i in range(fc.num_layers)) + \
+        sum(block_saved(s, "single", i, student) for i in range(fc.num_single_layers))
 
 
 def nograd_peak(s):
@@ -356,11 +361,12 @@ def image_tokens(cfg):
     return side * side
 
 
-def estimate(cfg, device="gpu", world_size=1, encoders=None):
+def estimate(cfg, device="gpu", world_size=1, encoders=None, lora_dtype="float32"):
     """The per-GPU (per-process) memory `Estimate` of training config `cfg` (a validated `Config`).
 
     `device`: "gpu" (fused attention) or "cpu" (materialised attention, as run on this machine). `encoders`:
-    True / False forces the text encoders and VAE resident or not; None decides from the config."""
+    True / False forces the text encoders and VAE resident or not; None decides from the config. `lora_dtype`: the
+    adapters' dtype; the trainer keeps them in float32 (engine.trainer), the reference's O2 casts them to bf16."""
     if device not in ("gpu", "cpu"):
         raise ConfigError(f"device must be gpu or cpu, got {device!r}")
     fc = transformer_config(cfg.model.pretrained)
@@ -377,8 +383,11 @@ def estimate(cfg, device="gpu", world_size=1, encoders=None):
                             ("model.max_sequence_length", cfg.model.max_sequence_length, 1)):
         if int(value) < low:
             raise ConfigError(f"{key} must be >= {low}, got {value!r}")
+    if lora_dtype not in BYTES:
+        raise ConfigError(f"lora dtype must be one of {sorted(BYTES)}, got {lora_dtype!r}")
+    lora_bytes = BYTES[lora_dtype]
     s = Shapes(fc, int(cfg.model.max_sequence_length), image_tokens(cfg), int(cfg.train.batch_size), act,
-               device == "cpu", modules, rank, int(obj.adversarial.head_channels) or fc.inner_dim)
+               device == "cpu", modules, rank, int(obj.adversarial.head_channels) or fc.inner_dim, lora_bytes)
     recompute = bool(cfg.model.gradient_checkpointing)
     b = s.batch
 
@@ -388,6 +397,9 @@ def estimate(cfg, device="gpu", world_size=1, encoders=None):
               "discriminator_heads": num_heads(fc) if adv else 0}
     state = (4 + 8) if mixed else 8    # fp32 master copy (bf16 O2) + two fp32 AdamW moments
     opt_note = "fp32 master + 2 fp32 AdamW moments" if mixed else "2 fp32 AdamW moments"
+    lora_state = (4 + 8) if lora_bytes < 4 else 8
+    lora_note = f"{lora_dtype}; " + ("fp32 master + 2 fp32 AdamW moments" if lora_bytes < 4 else
+                                     "2 fp32 AdamW moments")
     static = [Line("transformer weights", n_base * act, f"{human(n_base)} params, {dtype}")]
     notes = []
     if encoders is None:
@@ -408,8 +420,8 @@ def estimate(cfg, device="gpu", world_size=1, encoders=None):
             n = fn(ccfg)
             counts[name] = n
             static.append(Line(f"{label} weights", n * act, f"{human(n)} params, {dtype}"))
-    static.append(Line("LoRA weights + optimizer", n_lora * (act + state),
-                       f"{len(modules)} modules, rank {rank}, {human(n_lora)} params; {opt_note}"))
+    static.append(Line("LoRA weights + optimizer", n_lora * (lora_bytes + lora_state),
+                       f"{len(modules)} modules, rank {rank}, {human(n_lora)} params; {lora_note}"))
     if adv:
         static.append(Line("D heads weights + optimizer", n_d * (act + state),
                            f"{counts['discriminator_heads']} heads x width {s.head_hidden}, {human(n_d)} params;"
@@ -437,9 +449,7 @@ def estimate(cfg, device="gpu", world_size=1, encoders=None):
                            f"{counts['discriminator_heads']} heads keep 6 x {s.head_hidden} per image token"))
     if obj.reflow.enabled:
         graphs.append(Line("student forward with grad (reflow)", pred))
-    grads = [Line("LoRA gradients", n_lora * act)]
-    if adv:
-        grads.append(Line("D-head gradients", n_d * act, "the heads are trainable, so the G backward fills them"))
+    grads = [Line("LoRA gradients", n_lora * lora_bytes)]  # the heads are frozen in the G step: no gradients
     phases = [[graphs[0], Line(f"no-grad forwards, batch {n_nograd * b} (teacher step, student target, DMD)",
                                n_nograd * b * nograd_peak(s), "block working set")],
               graphs + grads + [Line("backward working set", b * backward_peak(s, recompute),
