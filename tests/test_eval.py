@@ -221,12 +221,12 @@ def test_clip_score_matches_model_logits_and_hand_formula():
         out = model(input_ids=paddle.to_tensor(_word_ids(prompts)),
                     pixel_values=clip_score.clip_preprocess(images, 32), return_dict=True)
     cosine = np.diag(out.logits_per_image.numpy()) / np.exp(model.logit_scale.numpy()[0])
-    np.testing.assert_allclose(scores, np.maximum(100 * cosine, 0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(scores, 100 * cosine, rtol=1e-4, atol=1e-4)
     # independent path 2: hand formula on the embeddings
     image_emb, text_emb = scorer.embeddings(images, prompts)
-    hand = [max(0.0, 100 * u @ v / np.sqrt((u @ u) * (v @ v))) for u, v in zip(image_emb, text_emb)]
+    hand = [100 * u @ v / np.sqrt((u @ u) * (v @ v)) for u, v in zip(image_emb, text_emb)]
     np.testing.assert_allclose(scores, hand, rtol=1e-6)
-    assert scorer(images, prompts) == pytest.approx(float(np.mean(hand)), rel=1e-6)
+    assert scorer(images, prompts) == pytest.approx(max(float(np.mean(hand)), 0.0), rel=1e-6, abs=1e-9)
 
 
 def test_clip_scorer_from_pretrained_reads_a_local_folder(tmp_path):
@@ -254,9 +254,63 @@ def test_clip_scorer_from_pretrained_reads_a_local_folder(tmp_path):
     np.testing.assert_allclose(scorer.scores(images, prompts), direct.scores(images, prompts), rtol=1e-5, atol=1e-5)
 
 
-def test_clip_score_clips_negative_similarity_at_zero():
-    scores = clip_score.cosine_scores([[1.0, 0.0], [1.0, 1.0]], [[-1.0, 0.0], [2.0, 2.0]])
-    assert scores.tolist() == pytest.approx([0.0, 100.0])
+def test_clip_score_clips_the_mean_at_zero_not_each_pair():
+    scores = clip_score.cosine_scores([[1.0, 0.0], [1.0, 1.0], [1.0, 0.0]], [[-1.0, 0.0], [2.0, 2.0], [1.0, 1.0]])
+    assert scores.tolist() == pytest.approx([-100.0, 100.0, 100 / np.sqrt(2)])
+    assert clip_score.clip_score_of(scores) == pytest.approx(100 / np.sqrt(2) / 3)
+    assert clip_score.clip_score_of(scores[:1]) == 0.0
+
+
+def test_clip_score_matches_torchmetrics_on_the_same_clip(tmp_path):
+    """One tiny random CLIP in both formats: transformers (PyTorch) scored by torchmetrics' CLIPScore, and its
+    paddlenlp conversion (`from_pretrained(..., convert_from_torch=True)`, the documented path) scored by ours."""
+    import torch
+    from paddlenlp.transformers import CLIPModel as PaddleCLIP
+    from torchmetrics.multimodal.clip_score import CLIPScore
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    from ppflux_lightning.toy.tokenizers import make_clip_tokenizer
+
+    hf_dir, paddle_dir = str(tmp_path / "hf"), str(tmp_path / "paddle")
+    vocab = make_clip_tokenizer(hf_dir, task.train_prompts()[:200], vocab_size=560)
+    torch.manual_seed(2)
+    model = CLIPModel(CLIPConfig(
+        text_config=dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=24, eos_token_id=vocab - 1,
+                         bos_token_id=vocab - 2, pad_token_id=vocab - 1),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16)).eval()
+    with torch.no_grad():  # larger random weights: per-pair scores of both signs, so the clip at 0 is exercised
+        for name, param in model.named_parameters():
+            if "norm" not in name and name != "logit_scale":
+                param.normal_(0, 0.5)
+    model.save_pretrained(hf_dir)
+    processor = CLIPProcessor(CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+                              CLIPTokenizer.from_pretrained(hf_dir))
+    converted = PaddleCLIP.from_pretrained(hf_dir, convert_from_torch=True)
+    converted.save_pretrained(paddle_dir)
+    processor.tokenizer.save_pretrained(paddle_dir)
+    ours = clip_score.CLIPScorer.from_pretrained(paddle_dir, batch_size=4)
+
+    def reference(images, prompts):
+        metric = CLIPScore(model_name_or_path=lambda: (model, processor))
+        with torch.no_grad():
+            metric.update(list(torch.from_numpy(images.transpose(0, 3, 1, 2))), list(prompts))
+        return float(metric.compute())
+
+    rng = np.random.default_rng(3)
+    prompts = task.train_prompts()[200:206]
+    per_pair, means = [], []
+    for shape in ((48, 80), (96, 40)):  # wide and tall, both resized (PIL bicubic) and centre-cropped
+        images = rng.integers(0, 256, (len(prompts), *shape, 3), dtype=np.uint8)
+        per_pair.append(ours.scores(images, prompts))
+        means.append(reference(images, prompts))
+        assert ours(images, prompts) == pytest.approx(means[-1], abs=1e-4)
+        for i in range(len(prompts)):  # single pairs: max(100 cos, 0) each, negative ones included
+            assert max(per_pair[-1][i], 0.0) == pytest.approx(reference(images[i:i + 1], prompts[i:i + 1]), abs=1e-4)
+    per_pair = np.concatenate(per_pair)
+    assert (per_pair < -1).any() and (per_pair > 1).any() and max(means) > 1  # not a comparison of zeros
 
 
 def test_clip_preprocess_crops_the_centre_of_wide_images():

@@ -3,7 +3,8 @@ PSNR/SSIM against a paired reference. Writes metrics.json and metrics.md.
 
     # images already on disk (one per prompt, sorted names = prompt order)
     python tools/eval.py score --images out/student --reference out/teacher --prompts prompts.txt \
-        --features inception:weights/inception_v3.pdparams --clip weights/clip-vit-l-14 --out out/eval
+        --features fid-inception:weights/fid_inception.safetensors --clip weights/clip-vit-large-patch14 \
+        --out out/eval
     # a model folder + LoRA + steps: samples student and teacher (same seeds), then scores
     python tools/eval.py run --model assets/toy/flux-toy --lora student/pytorch_lora_weights.safetensors \
         --steps 4 --reference-steps 50 --prompts prompts.txt --out out/eval
@@ -38,7 +39,9 @@ def add_sampling_args(p):
 
 
 def add_metric_args(p):
-    p.add_argument("--features", help="FID features: inception:FILE.pdparams or task:FOLDER (toy; trained if absent)")
+    p.add_argument("--features", help="FID features: fid-inception:FILE (the standard FID network, converted by "
+                   "tools/convert_fid_inception.py), inception:FILE.pdparams (paddle.vision ImageNet weights; FIDs "
+                   "not comparable with published ones) or task:FOLDER (toy; trained if absent)")
     p.add_argument("--clip", help="local paddlenlp CLIP folder for the CLIP score")
     p.add_argument("--adherence", action="store_true", help="toy prompt adherence (task captions only)")
 

@@ -1,41 +1,52 @@
-"""CLIP score: 100 x cosine similarity of CLIP image and text embeddings, clipped at 0 (as torchmetrics defines it).
+"""CLIP score as torchmetrics' `CLIPScore` computes it: max(mean over pairs of 100 x cos(image, text), 0).
 
-Note the scale: the seed article reports CLIP similarity as a fraction (0.3294); this module reports x100 (32.94).
+The clip at 0 applies to the mean, not to each pair (torchmetrics' `compute`); images are prepared the way
+transformers' `CLIPImageProcessor` does for OpenAI CLIP. Note the scale: the seed article reports CLIP similarity as
+a fraction (0.3294); this module reports x100 (32.94).
 """
 
 import os
 
 import numpy as np
 import paddle
-import paddle.nn.functional as F
+from PIL import Image
 
-from .features import to_nchw
+from .image_io import to_uint8
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP preprocessing constants
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def clip_preprocess(images, size, mean=CLIP_MEAN, std=CLIP_STD):
-    """Images `[N, H, W, 3]` -> normalised `[N, 3, size, size]`: bicubic resize of the short side, centre crop."""
-    x = to_nchw(images)
-    height, width = x.shape[2], x.shape[3]
-    scale = size / min(height, width)
-    new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
-    if (new_h, new_w) != (height, width):
-        x = F.interpolate(x, size=[new_h, new_w], mode="bicubic", align_corners=False).clip(0, 1)
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    x = x[:, :, top:top + size, left:left + size]
-    return (x - paddle.to_tensor(mean).reshape([1, 3, 1, 1])) / paddle.to_tensor(std).reshape([1, 3, 1, 1])
+    """Images `[N, H, W, 3]` -> normalised `[N, 3, size, size]`, as `CLIPImageProcessor` prepares them: uint8 pixels
+    (floats in [0, 1] rounded), PIL bicubic resize of the short side to `size` (the long side scaled and truncated
+    to an integer), centre crop, scale to [0, 1], OpenAI mean/std."""
+    crops = []
+    for image in to_uint8(images):
+        height, width = image.shape[:2]
+        scaled = int(size * max(height, width) / min(height, width))
+        new_h, new_w = (scaled, size) if width <= height else (size, scaled)
+        if (new_h, new_w) != (height, width):
+            image = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BICUBIC))
+        top, left = (new_h - size) // 2, (new_w - size) // 2
+        crops.append(image[top:top + size, left:left + size])
+    x = np.stack(crops).astype(np.float32) / 255.0
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return paddle.to_tensor(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
 
 def cosine_scores(image_embeddings, text_embeddings):
-    """Row-wise max(100 * cos(image_i, text_i), 0) of two `[N, D]` arrays."""
+    """Row-wise 100 * cos(image_i, text_i) of two `[N, D]` arrays (not clipped: the clip applies to the mean)."""
     a = np.asarray(image_embeddings, np.float64)
     b = np.asarray(text_embeddings, np.float64)
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"embedding shapes differ or are not [N, D]: {a.shape} vs {b.shape}")
-    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-    return np.maximum(100.0 * cos, 0.0)
+    return 100.0 * (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def clip_score_of(scores):
+    """The CLIP score of per-pair scores: their mean, clipped at 0 (torchmetrics' `CLIPScore.compute`)."""
+    return max(float(np.mean(scores)), 0.0)
 
 
 class CLIPScorer:
@@ -86,9 +97,9 @@ class CLIPScorer:
         return np.concatenate(image_out), np.concatenate(text_out)
 
     def scores(self, images, prompts):
-        """Per-pair CLIP scores, numpy `[N]`."""
+        """Per-pair 100 x cosine, numpy `[N]`."""
         return cosine_scores(*self.embeddings(images, prompts))
 
     def __call__(self, images, prompts):
-        """Mean CLIP score over the pairs."""
-        return float(self.scores(images, prompts).mean())
+        """The CLIP score of the pairs: mean of `scores`, clipped at 0."""
+        return clip_score_of(self.scores(images, prompts))

@@ -107,13 +107,18 @@ def write_report(metrics, out_dir, description=None):
 
 
 def load_feature_fn(spec, train_steps=500, image_size=None):
-    """A FID feature network from `inception:FILE.pdparams` or `task:FOLDER` (the toy classifier, trained into
-    FOLDER first when it holds none)."""
+    """A FID feature network from `fid-inception:FILE` (the standard FID Inception, converted by
+    tools/convert_fid_inception.py), `inception:FILE.pdparams` (paddle.vision's ImageNet InceptionV3) or
+    `task:FOLDER` (the toy classifier, trained into FOLDER first when it holds none)."""
     from . import features
 
     kind, sep, path = spec.partition(":")
-    if not sep or not path or kind not in ("inception", "task"):
-        raise ValueError(f"feature network must be inception:FILE or task:FOLDER, got {spec!r}")
+    if not sep or not path or kind not in ("fid-inception", "inception", "task"):
+        raise ValueError(f"feature network must be fid-inception:FILE, inception:FILE or task:FOLDER, got {spec!r}")
+    if kind == "fid-inception":
+        from .fid_inception import FIDInceptionFeatures
+
+        return FIDInceptionFeatures(path)
     if kind == "inception":
         return features.InceptionFeatures(path)
     if not os.path.isfile(os.path.join(path, features.TASK_FEATURES_WEIGHTS)):
