@@ -1,15 +1,19 @@
-"""LoRA adapters for the FLUX transformer: training (add / enable / disable), fusing, and file interop with
-diffusers/PEFT, kohya/ComfyUI and PaddleMIX."""
+"""LoRA adapters for the FLUX transformer: several named, weighted adapters (training, enable / disable, delete,
+fusing) and file interop with diffusers/PEFT, kohya/ComfyUI, XLabs and PaddleMIX."""
 
 from .adapters import (
     DEFAULT_TARGETS,
     LIGHTNING_TARGETS,
+    active_adapters,
+    adapter_names,
     add_lora,
+    delete_adapters,
     fuse_lora,
     lora_disabled,
     lora_layers,
     lora_parameters,
     lora_state_dict,
+    set_adapters,
     set_lora_enabled,
     set_lora_scale,
     set_lora_state_dict,
@@ -17,15 +21,19 @@ from .adapters import (
     unload_lora,
 )
 from .formats import load_lora_weights, parse_lora, read_lora, save_lora_weights
-from .layers import LoRALinear
+from .layers import LoRAAdapter, LoRALinear
 from .pipeline_mixin import FluxLoraLoaderMixin
 
 __all__ = [
     "DEFAULT_TARGETS",
     "LIGHTNING_TARGETS",
     "FluxLoraLoaderMixin",
+    "LoRAAdapter",
     "LoRALinear",
+    "active_adapters",
+    "adapter_names",
     "add_lora",
+    "delete_adapters",
     "fuse_lora",
     "lora_disabled",
     "lora_layers",
@@ -35,6 +43,7 @@ __all__ = [
     "parse_lora",
     "read_lora",
     "save_lora_weights",
+    "set_adapters",
     "set_lora_enabled",
     "set_lora_scale",
     "set_lora_state_dict",
