@@ -211,3 +211,50 @@ def test_bf16_base_with_float32_adapters_fuses_in_float32():
     np.testing.assert_allclose(layer.weight.astype("float32").numpy(), w32, rtol=2e-2, atol=2e-2)
 
 
+
+
+def test_trainer_with_a_frozen_extra_adapter(tmp_path):
+    """`model.extra_loras`: the extra file is a frozen adapter at its weight, on in the teacher; only the student
+    trains and only the student is saved."""
+    from train_fixtures import build_cached_dataset, build_pretrained, tiny_config, tiny_train_config
+
+    from ppflux_lightning.engine.trainer import FINAL_LORA, STUDENT, Trainer
+    from ppflux_lightning.utils.errors import ConfigError
+    from ppflux_lightning.utils.safetensors_io import SafetensorsFile
+
+    pre = build_pretrained(str(tmp_path / "pre"))
+    data = build_cached_dataset(str(tmp_path / "data"), count=4)
+    paddle.seed(5)
+    source = FluxTransformer2DModel(tiny_config())
+    lora.add_lora(source, rank=2, alpha=4, target_modules=["attn.to_k", "proj_out"])
+    randomize_b(source)
+    extra = lora.save_lora_weights(source, str(tmp_path / "extra"))
+    cfg = tiny_train_config(pre, data, str(tmp_path / "out"), **{"model.extra_loras": [{"path": extra, "weight": 0.8}],
+                                                                  "train.max_steps": 2})  # fmt: skip
+    trainer = Trainer(cfg)
+    model = trainer.model
+    assert lora.adapter_names(model) == ["extra_0", STUDENT] and lora.active_adapters(model) == ["extra_0", STUDENT]
+    frozen = {k: v.numpy().copy() for k, v in lora.lora_state_dict(model, "extra_0").items()}
+    trainable = {id(p) for group in trainer.params.values() for p in group}
+    assert not trainable & {id(p) for p in lora.lora_parameters(model, ["extra_0"])}
+    trainer.train()
+    for key, value in lora.lora_state_dict(model, "extra_0").items():
+        np.testing.assert_array_equal(value.numpy(), frozen[key])
+    model.eval()
+    args = (paddle.randn([1, 4, 16]), paddle.randn([1, 6, 32]), paddle.randn([1, 16]), 0.5,
+            paddle.to_tensor(image_ids(2, 2)), paddle.zeros([6, 3]), 3.5)  # fmt: skip
+    with trainer.recipe.adapters_off(model):
+        teacher = model(*args).numpy()
+    reference = FluxTransformer2DModel.from_pretrained(pre, subfolder="transformer")
+    reference.eval()
+    base = reference(*args).numpy()
+    lora.load_lora_weights(reference, extra, scale=0.8)
+    np.testing.assert_allclose(teacher, reference(*args).numpy(), rtol=1e-5, atol=1e-5)
+    assert np.abs(teacher - base).max() > 1e-3
+    saved = SafetensorsFile(str(tmp_path / "out" / FINAL_LORA)).keys()
+    student = {f"transformer.{k[: -len('.lora_A')]}.lora_A.weight" for k in lora.lora_state_dict(model, STUDENT)
+               if k.endswith(".lora_A")}  # fmt: skip
+    assert {k for k in saved if k.endswith(".lora_A.weight")} == student and len(saved) == 2 * len(student)
+    bad = tiny_train_config(pre, data, str(tmp_path / "bad"), **{"model.extra_loras": [{"file": extra}]})
+    with pytest.raises(ConfigError, match=r"model.extra_loras\[0\]"):
+        Trainer(bad)

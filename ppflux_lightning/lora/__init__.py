@@ -20,7 +20,7 @@ from .adapters import (
     unfuse_lora,
     unload_lora,
 )
-from .formats import load_lora_weights, parse_lora, read_lora, save_lora_weights
+from .formats import load_frozen_adapters, load_lora_weights, parse_lora, read_lora, save_lora_weights
 from .layers import LoRAAdapter, LoRALinear
 from .pipeline_mixin import FluxLoraLoaderMixin
 
@@ -35,6 +35,7 @@ __all__ = [
     "add_lora",
     "delete_adapters",
     "fuse_lora",
+    "load_frozen_adapters",
     "lora_disabled",
     "lora_layers",
     "lora_parameters",

@@ -16,7 +16,7 @@ import paddle
 import paddle.nn as nn
 
 from ..models.checkpoint import bfl_to_diffusers_map
-from ..utils.errors import CheckpointError, abbreviate
+from ..utils.errors import CheckpointError, ConfigError, abbreviate
 from ..utils.safetensors_io import SafetensorsFile, save_file
 from .adapters import adapter_layers, new_adapter_name, set_active, single_adapter, wrapped_layer
 from .layers import LoRALinear, check_adapter_name
@@ -311,6 +311,27 @@ def load_lora_weights(model, path_or_state_dict, adapter_name=None, scale=1.0, a
     tensors, metadata = read_lora(path_or_state_dict)
     adapters = parse_lora(model, tensors, metadata, alpha)
     return apply_adapters(model, adapters, adapter_name or new_adapter_name(model), scale)
+
+
+def load_frozen_adapters(model, entries):
+    """Load `model.extra_loras` entries (`[{path: FILE, weight: 1.0, alpha: None}]`) as frozen adapters `extra_0`,
+    `extra_1`, ...; returns `{name: weight}`. Every file is checked before the next one loads."""
+    weights = {}
+    for i, entry in enumerate(entries or []):
+        where = f"model.extra_loras[{i}]"
+        if not isinstance(entry, dict) or "path" not in entry:
+            raise ConfigError(f"{where} must be a mapping with 'path' (optional 'weight', 'alpha'), got {entry!r}")
+        unknown = sorted(set(entry) - {"path", "weight", "alpha"})
+        if unknown:
+            raise ConfigError(f"{where} has unknown keys {unknown}; allowed: path, weight, alpha")
+        weight, alpha = entry.get("weight", 1.0), entry.get("alpha")
+        for key, value in (("weight", weight), ("alpha", alpha)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ConfigError(f"{where}.{key} must be a number, got {value!r}")
+        name = f"extra_{i}"
+        load_lora_weights(model, str(entry["path"]), name, scale=float(weight), alpha=alpha)
+        weights[name] = float(weight)
+    return weights
 
 
 # ---------------------------------------------------------------- writing
