@@ -258,3 +258,68 @@ def test_trainer_with_a_frozen_extra_adapter(tmp_path):
     bad = tiny_train_config(pre, data, str(tmp_path / "bad"), **{"model.extra_loras": [{"file": extra}]})
     with pytest.raises(ConfigError, match=r"model.extra_loras\[0\]"):
         Trainer(bad)
+
+
+def test_stacked_loras_on_the_command_line_and_in_export(tmp_path):
+    """`tools/infer.py --lora A:0.7 --lora B` == the Python API; export's load_pipeline fuses both at their weights;
+    `deploy/export.py` passes them to export_pipeline (which writes them to deploy.yaml; tracing is test_deploy's)."""
+    import importlib.util
+    import os
+
+    from PIL import Image
+
+    from ppflux_lightning.export import load_pipeline
+    from ppflux_lightning.lora.pipeline_mixin import parse_lora_specs
+    from ppflux_lightning.pipelines import FluxPipeline, build_tiny_pipeline
+    from ppflux_lightning.utils.errors import ConfigError
+
+    model_dir = build_tiny_pipeline(str(tmp_path / "tiny"), seed=1)
+    files = []
+    for i, (rank, targets) in enumerate([(4, ["attn.to_q", "ff.net.2"]), (2, ["attn.to_v", "proj_out"])]):
+        pipe = FluxPipeline.from_pretrained(model_dir)
+        lora.add_lora(pipe.transformer, rank, target_modules=targets)
+        randomize_b(pipe.transformer, seed=i, std=0.5)
+        files.append(pipe.save_lora_weights(str(tmp_path / f"lora{i}")))
+    root = os.path.join(os.path.dirname(__file__), "..")
+
+    def tool(path, name):
+        spec = importlib.util.spec_from_file_location(name, os.path.join(root, path))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    common = ["--model", model_dir, "--prompt", "a cat", "--height", "16", "--width", "16", "--steps", "2",
+              "--max_sequence_length", "8", "--seed", "3"]  # fmt: skip
+    infer = tool("tools/infer.py", "infer_multi")
+    infer.main([*common, "--lora", f"{files[0]}:0.7", "--lora", files[1], "--lora_scale", "0.4",
+                "--out", str(tmp_path / "cli.png")])  # fmt: skip
+    infer.main([*common, "--out", str(tmp_path / "base.png")])
+    pipe = FluxPipeline.from_pretrained(model_dir)
+    pipe.load_lora_weights(files[0], adapter_name="a")
+    pipe.load_lora_weights(files[1], adapter_name="b")
+    pipe.set_adapters(["a", "b"], [0.7, 0.4])
+    image = pipe("a cat", height=16, width=16, num_inference_steps=2, max_sequence_length=8, seed=3).images[0]
+    cli, base = (np.asarray(Image.open(tmp_path / n), np.float32) for n in ("cli.png", "base.png"))
+    assert np.abs(cli - np.asarray(image, np.float32)).max() <= 1 and np.abs(cli - base).max() > 2
+
+    specs = parse_lora_specs([f"{files[0]}:0.7", files[1]], weight=0.4)
+    assert [s["weight"] for s in specs] == [0.7, 0.4] and specs[1]["file"] == files[1]
+    with pytest.raises(ConfigError, match="FILE:WEIGHT"):
+        parse_lora_specs([":0.5"])
+    fused = load_pipeline(model_dir, lora=specs)
+    assert not lora.lora_layers(fused.transformer)
+    args = (paddle.randn([1, 16, 16]), paddle.randn([1, 8, 32]), paddle.randn([1, 32]), 0.5,
+            paddle.to_tensor(image_ids(4, 4)), paddle.zeros([8, 3]), 3.5)  # fmt: skip
+    np.testing.assert_allclose(fused.transformer(*args).numpy(), pipe.transformer(*args).numpy(), rtol=1e-5,
+                               atol=1e-5)  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        load_pipeline(model_dir, lora=[files[0], "nope.safetensors:0.5"])
+
+    export = tool("deploy/export.py", "export_multi")
+    recorded = {}
+    export.export_pipeline = lambda pipe, output, resolutions, **kw: recorded.update(kw, pipe=pipe)  # no tracing
+    export.main(["--model", model_dir, "--output", str(tmp_path / "export"), "--lora", f"{files[0]}:0.7", "--lora",
+                 f"{files[1]}:0.4"])  # fmt: skip
+    assert [(r["file"], r["weight"]) for r in recorded["lora"]] == [(files[0], 0.7), (files[1], 0.4)]
+    np.testing.assert_allclose(recorded["pipe"].transformer(*args).numpy(), pipe.transformer(*args).numpy(),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip

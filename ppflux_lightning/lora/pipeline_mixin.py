@@ -2,7 +2,32 @@
 `self.transformer`: several named adapters, weighted and combined with `set_adapters`, switched off and on, deleted,
 fused together. Differences from diffusers 0.31 are listed in docs/lora.md."""
 
+from ..utils.errors import ConfigError
 from . import adapters, formats
+
+
+def parse_lora_specs(values, weight=1.0, alpha=None):
+    """The CLIs' repeatable `--lora FILE[:WEIGHT]` (a string, a list of strings, or `{"file", "weight", "alpha"}`
+    dicts) -> `[{"file", "weight", "alpha"}]`; `weight` and `alpha` fill what an entry leaves out."""
+    if not values:
+        return []
+    specs = []
+    for value in [values] if isinstance(values, (str, dict)) else values:
+        if isinstance(value, dict):
+            spec = {"file": value.get("file"), "weight": value.get("weight", weight),
+                    "alpha": value.get("alpha", alpha)}  # fmt: skip
+        else:
+            path, sep, tail = str(value).rpartition(":")
+            try:
+                spec = {"file": path, "weight": float(tail), "alpha": alpha} if sep else None
+            except ValueError:
+                spec = None
+            spec = spec or {"file": str(value), "weight": weight, "alpha": alpha}
+        if not spec["file"]:
+            raise ConfigError(f"--lora expects FILE or FILE:WEIGHT, got {value!r}")
+        spec["weight"] = float(spec["weight"])
+        specs.append(spec)
+    return specs
 
 
 class FluxLoraLoaderMixin:
@@ -13,6 +38,25 @@ class FluxLoraLoaderMixin:
         `adapter_name` (default `default_<n>`); it becomes the active adapter, as in diffusers: call `set_adapters`
         to combine it with others. `scale` is its weight; `alpha` overrides the file's alpha. Returns the modules."""
         return formats.load_lora_weights(self.transformer, path_or_state_dict, adapter_name, scale=scale, alpha=alpha)
+
+    def load_lora_stack(self, specs, weight=1.0, alpha=None):
+        """Load several LoRAs (`parse_lora_specs` input, e.g. `["lightning.safetensors:0.25", "style.safetensors:0.8"]`)
+        as adapters `default_<n>` and activate them all at their weights. Every file is checked before the next
+        loads; on an error the ones already loaded are removed again. Returns the specs with an "adapter" name each."""
+        specs = parse_lora_specs(specs, weight, alpha)
+        names = []
+        try:
+            for spec in specs:
+                name = adapters.new_adapter_name(self.transformer)
+                self.load_lora_weights(spec["file"], name, scale=spec["weight"], alpha=spec["alpha"])
+                names.append(name)
+        except Exception:
+            if names:
+                self.delete_adapters(names)
+            raise
+        if names:
+            self.set_adapters(names, [spec["weight"] for spec in specs])
+        return [dict(spec, adapter=name) for spec, name in zip(specs, names)]
 
     def set_adapters(self, adapter_names, adapter_weights=None):
         """Activate exactly `adapter_names` (a name or a list) with `adapter_weights` (None -> 1.0, one float, or
