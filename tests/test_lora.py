@@ -323,3 +323,37 @@ def test_stacked_loras_on_the_command_line_and_in_export(tmp_path):
     assert [(r["file"], r["weight"]) for r in recorded["lora"]] == [(files[0], 0.7), (files[1], 0.4)]
     np.testing.assert_allclose(recorded["pipe"].transformer(*args).numpy(), pipe.transformer(*args).numpy(),
                                rtol=1e-5, atol=1e-5)  # fmt: skip
+
+
+def test_frozen_adapters_run_from_a_cache_that_follows_changes():
+    """Frozen adapters (loaded files) share one cached concatenated pair per layer: same output as the direct
+    formula, rebuilt when a weight, the active set or (through set_lora_state_dict) a tensor changes."""
+    model = tiny_model()
+    lora.add_lora(model, rank=4, alpha=8, target_modules=["to_q", "proj_mlp"], adapter_name="a")
+    lora.add_lora(model, rank=2, target_modules=["to_q", "to_k"], adapter_name="b")
+    randomize_b(model)
+    lora.set_adapters(model, ["a", "b"], [0.7, 0.4])
+    direct = model(*inputs()).numpy()  # trainable adapters: the per-adapter path
+    for p in lora.lora_parameters(model):
+        p.stop_gradient = True
+    with paddle.no_grad():
+        np.testing.assert_allclose(model(*inputs()).numpy(), direct, rtol=1e-5, atol=1e-6)
+        lora.set_adapters(model, ["a", "b"], [0.2, 1.0])
+        changed = model(*inputs()).numpy()
+        lora.set_adapters(model, "b")
+        only_b = model(*inputs()).numpy()
+    assert np.abs(changed - direct).max() > 1e-3 and np.abs(only_b - changed).max() > 1e-3
+    for p in lora.lora_parameters(model):
+        p.stop_gradient = False
+    np.testing.assert_allclose(model(*inputs()).numpy(), only_b, rtol=1e-5, atol=1e-6)
+    state = {k: v * 2 for k, v in lora.lora_state_dict(model, "b").items() if k.endswith("lora_B")}
+    state.update({k: v for k, v in lora.lora_state_dict(model, "b").items() if k.endswith("lora_A")})
+    for p in lora.lora_parameters(model):
+        p.stop_gradient = True
+    lora.set_lora_state_dict(model, state, "b")
+    with paddle.no_grad():
+        doubled = model(*inputs()).numpy()
+    for p in lora.lora_parameters(model):
+        p.stop_gradient = False
+    np.testing.assert_allclose(doubled, model(*inputs()).numpy(), rtol=1e-5, atol=1e-6)
+    assert np.abs(doubled - only_b).max() > 1e-3

@@ -11,7 +11,7 @@ import re
 import paddle
 import paddle.nn as nn
 
-from .layers import LoRALinear, check_adapter_name
+from .layers import LoRALinear, adapters_changed, check_adapter_name
 
 # FLUX-Lightning's 12 targets, each inside every double-stream block (reference.md section 4).
 LIGHTNING_TARGETS = (
@@ -259,7 +259,8 @@ def lora_state_dict(model, adapter_name=None):
 def set_lora_state_dict(model, state_dict, adapter_name=None):
     """Load `lora_state_dict` output (tensors or numpy arrays) into one adapter. Keys and shapes must match
     exactly; nothing is changed when they do not."""
-    params = lora_state_dict(model, adapter_name)
+    name = single_adapter(model, adapter_name)
+    params = lora_state_dict(model, name)
     missing = sorted(set(params) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(params))
     if missing or unexpected:
@@ -274,6 +275,7 @@ def set_lora_state_dict(model, state_dict, adapter_name=None):
         value = state_dict[key]
         value = value if isinstance(value, paddle.Tensor) else paddle.to_tensor(value)
         param.set_value(value.astype(param.dtype))
+    adapters_changed()  # frozen adapters' cached products are rebuilt
 
 
 # ---------------------------------------------------------------- fusing

@@ -19,7 +19,7 @@ from ..models.checkpoint import bfl_to_diffusers_map
 from ..utils.errors import CheckpointError, ConfigError, abbreviate
 from ..utils.safetensors_io import SafetensorsFile, save_file
 from .adapters import adapter_layers, new_adapter_name, set_active, single_adapter, wrapped_layer
-from .layers import LoRALinear, check_adapter_name
+from .layers import LoRALinear, adapters_changed, check_adapter_name
 
 DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 PADDLEMIX_WEIGHT_NAME = "paddle_lora_weights.safetensors"
@@ -297,6 +297,7 @@ def apply_adapters(model, adapters, adapter_name, scale=1.0):
         layer.lora_B.set_value(paddle.to_tensor(adapter.up.T.copy()).astype(layer.lora_B.dtype))
         layer.lora_A.stop_gradient = layer.lora_B.stop_gradient = True
     set_active(model, [adapter_name])
+    adapters_changed()
     return sorted(adapters)
 
 

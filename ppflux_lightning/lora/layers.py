@@ -14,6 +14,13 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 _SERIAL = itertools.count()  # creation order, so a model lists its adapters in load order
+_GENERATION = [0]  # bumped by every change of which adapters run and how; layers re-plan their forward on a change
+
+
+def adapters_changed():
+    """Invalidate every layer's forward plan (done by the API; call it after editing a frozen adapter's tensors in
+    place by hand, since frozen adapters run from a cached concatenation)."""
+    _GENERATION[0] += 1
 
 
 def check_adapter_name(name):
@@ -25,7 +32,12 @@ def check_adapter_name(name):
 
 class LoRAAdapter(nn.Layer):
     """One adapter on one Linear: A kaiming-uniform as in PEFT, B zero (a new adapter changes nothing until
-    trained), `alpha`, the user weight `scale`, and dropout on the adapter input."""
+    trained), `alpha`, the user weight `scale`, and dropout on the adapter input.
+
+    Frozen adapters (A and B with stop_gradient, e.g. loaded files) run together from a per-layer cache of their
+    concatenated A and weighted B: two matmuls per layer however many are stacked. Edits through this package
+    refresh it; after changing a frozen adapter's tensors in place by hand, call `adapters_changed()`.
+    """
 
     def __init__(self, in_features, out_features, rank, alpha=None, dropout=0.0, dtype="float32"):
         super().__init__()
@@ -48,14 +60,32 @@ class LoRAAdapter(nn.Layer):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
 
     @property
+    def scale(self):
+        """The user weight (diffusers' `set_adapters` weight)."""
+        return self._scale
+
+    @scale.setter
+    def scale(self, value):
+        self._scale = float(value)
+        adapters_changed()
+
+    @property
     def scaling(self):
         """The factor on `x A B`: user weight times alpha / rank."""
         return self.scale * self.alpha / self.rank
 
+    @property
+    def frozen(self):
+        """True when nothing trains this adapter and forward is deterministic: its product can be cached."""
+        return self.lora_A.stop_gradient and self.lora_B.stop_gradient and (self.dropout is None or not self.training)
+
     def delta(self, x):
+        """`scaling * (x A) B`; the casts and the product with 1.0 are skipped (each op counts at small widths)."""
         h = self.dropout(x) if self.dropout is not None else x
-        h = h.astype(self.lora_A.dtype)
-        return paddle.matmul(paddle.matmul(h, self.lora_A) * self.scaling, self.lora_B)  # scale the rank-r tensor
+        h = h if h.dtype == self.lora_A.dtype else h.astype(self.lora_A.dtype)
+        h = paddle.matmul(h, self.lora_A)
+        scaling = self.scaling
+        return paddle.matmul(h if scaling == 1.0 else h * scaling, self.lora_B)  # scale the rank-r tensor
 
     def delta_weight(self, scaling):
         """`scaling * A @ B` in float32, shaped like the base weight ([in, out])."""
@@ -98,12 +128,33 @@ class LoRALinear(nn.Layer):
             raise ValueError(f"adapter {name!r} already exists on this layer")
         adapter = LoRAAdapter(self.in_features, self.out_features, rank, alpha, dropout, dtype or self.weight.dtype)
         self.adapters[name] = adapter
+        adapters_changed()
         return adapter
 
     def remove_adapter(self, name):
         if name in self.fused_scales:
             raise ValueError(f"adapter {name!r} is fused into the base weights: call unfuse_lora first")
         self.adapters.pop(name)
+        adapters_changed()
+
+    @property
+    def active(self):
+        """The adapters forward adds, in order (a model-wide list: names this layer lacks are skipped)."""
+        return list(self._active)
+
+    @active.setter
+    def active(self, names):
+        self._active = tuple(names)
+        adapters_changed()
+
+    @property
+    def enabled(self):
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, value):
+        self._enabled = bool(value)
+        adapters_changed()
 
     # Single-adapter conveniences (the training API and `FluxTransformer2DModel.save_pretrained`'s check).
     @property
@@ -130,18 +181,46 @@ class LoRALinear(nn.Layer):
         """The adapters forward adds: active, present here, not fused, non-zero weight."""
         if not self.enabled:
             return []
-        return [self.adapters[n] for n in self.active
-                if n in self.adapters and n not in self.fused_scales and self.adapters[n].scale != 0.0]  # fmt: skip
+        adapters = self.adapters
+        return [adapters[n] for n in self._active
+                if n in adapters and n not in self.fused_scales and adapters[n].scale != 0.0]  # fmt: skip
 
     def forward(self, x):
         out = F.linear(x, self.weight, self.bias)
+        live, pair = self._plan()
+        for adapter in live:
+            delta = adapter.delta(x)
+            out = out + (delta if delta.dtype == out.dtype else delta.astype(out.dtype))
+        if pair is not None:  # every frozen adapter at once: x [A_1 | A_2 ...] [s_1 B_1; s_2 B_2 ...]
+            a_cat, b_cat = pair
+            h = x if x.dtype == a_cat.dtype else x.astype(a_cat.dtype)
+            delta = paddle.matmul(paddle.matmul(h, a_cat), b_cat)
+            out = out + (delta if delta.dtype == out.dtype else delta.astype(out.dtype))
+        return out
+
+    def _plan(self):
+        """(adapters to run one by one, cached (A_cat, B_cat) of the frozen ones or None), rebuilt when the
+        adapters change (generation), train/eval flips, or an adapter is frozen / unfrozen."""
+        cached = self.__dict__.get("_plan_cache")
+        if (cached is not None and cached[0] == _GENERATION[0] and cached[1] == self.training
+                and tuple(p.stop_gradient for p in cached[2]) == cached[3]):  # fmt: skip
+            return cached[4]
         running = self.running()
-        if not running:
-            return out
-        delta = running[0].delta(x)
-        for adapter in running[1:]:
-            delta = delta + adapter.delta(x)
-        return out + delta.astype(out.dtype)
+        params = [p for a in running for p in (a.lora_A, a.lora_B)]
+        live = [a for a in running if not a.frozen]
+        frozen = [a for a in running if a.frozen]
+        pair = None
+        if frozen:
+            with paddle.no_grad():
+                dtype = frozen[0].lora_A.dtype
+                parts_a = [a.lora_A.astype(dtype) for a in frozen]
+                parts_b = [a.lora_B.astype(dtype) * a.scaling for a in frozen]
+                pair = (paddle.concat(parts_a, axis=1) if len(frozen) > 1 else parts_a[0],
+                        paddle.concat(parts_b, axis=0) if len(frozen) > 1 else parts_b[0])  # fmt: skip
+        plan = (live, pair)
+        flags = tuple(p.stop_gradient for p in params)
+        object.__setattr__(self, "_plan_cache", (_GENERATION[0], self.training, params, flags, plan))
+        return plan
 
     @paddle.no_grad()
     def fuse(self, names, scale=1.0):
@@ -156,6 +235,7 @@ class LoRALinear(nn.Layer):
             merged = merged + self.adapters[name].delta_weight(scaling)
             self.fused_scales[name] = scaling
         self.weight.set_value(merged.astype(self.weight.dtype))
+        adapters_changed()
         return len(todo)
 
     @paddle.no_grad()
@@ -168,6 +248,7 @@ class LoRALinear(nn.Layer):
             restored = restored - self.adapters[name].delta_weight(scaling)
         self.weight.set_value(restored.astype(self.weight.dtype))
         self.fused_scales = {}
+        adapters_changed()
 
     def unload(self):
         """The plain `nn.Linear` with this layer's (possibly fused) weight and bias, trainable as it was before."""
