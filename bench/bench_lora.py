@@ -1,10 +1,10 @@
 """Per-step transformer cost of the base model, one and two unfused LoRA adapters, both fused, and the teacher
 (adapters off).
 
-Two copies of one random transformer (plain, and with two adapters of random non-zero B: "lightning" at `--rank` on
-`--targets`, "style" at half the rank on `--second-targets`) are timed round-robin in one process: each round runs
-every variant once, starting with a different one each round, so machine noise hits them alike. Prints medians and
-ratios to the base median.
+Two copies of one random transformer (plain, and with two adapters of random non-zero B, frozen as loaded files
+are: "lightning" at `--rank` on `--targets`, "style" at half the rank on `--second-targets`) are timed round-robin
+in one process: each round runs every variant once, starting with a different one each round, so machine noise hits
+them alike. Prints medians and ratios to the base median.
 
     python bench/bench_lora.py --size toy --repeats 40      # the toy transformer (width 64, 36 + 16 tokens, rank 8)
     python bench/bench_lora.py --size tiny --repeats 40     # the tiny pipeline's (width 32, 256 + 32 tokens, rank 4)
@@ -27,8 +27,10 @@ from ppflux_lightning import lora
 from ppflux_lightning.models.checkpoint import default_axes_dims
 from ppflux_lightning.models.flux_transformer import FluxConfig, FluxTransformer2DModel
 
-# "all": every Linear inside the blocks, double and single (PEFT suffixes); "default": FLUX-Lightning's 12.
+# "default": FLUX-Lightning's 12 in the double blocks; "suffixes": the same 12 as PEFT suffixes (diffusers' FLUX
+# DreamBooth-LoRA default, a typical style LoRA: also the single blocks' attn.to_q/k/v); "all": every block Linear.
 ALL_BLOCK_TARGETS = r"(single_)?transformer_blocks\.\d+\..*"
+TARGETS = {"default": None, "suffixes": list(lora.LIGHTNING_TARGETS), "all": ALL_BLOCK_TARGETS}
 
 
 # Model sizes: the toy world's transformer (assets/toy/flux-toy, 48 px images) and the tiny test pipeline's
@@ -51,8 +53,8 @@ def parse_args():
     p.add_argument("--grid", type=int, help="packed latent grid side (image tokens = grid^2)")
     p.add_argument("--text-tokens", type=int)
     p.add_argument("--rank", type=int, help="rank of the first adapter (the second has half)")
-    p.add_argument("--targets", choices=["default", "all"], default="default", help="first adapter's modules")
-    p.add_argument("--second-targets", choices=["default", "all"], default="all", help="second adapter's modules")
+    p.add_argument("--targets", choices=sorted(TARGETS), default="default", help="first adapter's modules")
+    p.add_argument("--second-targets", choices=sorted(TARGETS), default="suffixes", help="second adapter's modules")
     p.add_argument("--repeats", type=int, default=9, help="timed rounds (after one warm-up round)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
@@ -100,9 +102,8 @@ def main():
     args = parse_args()
     plain, inputs = build(args)
     model, _ = build(args)  # same seed: identical base weights
-    targets = {"default": None, "all": ALL_BLOCK_TARGETS}
-    first = lora.add_lora(model, args.rank, target_modules=targets[args.targets], adapter_name="lightning")
-    second = lora.add_lora(model, max(1, args.rank // 2), target_modules=targets[args.second_targets],
+    first = lora.add_lora(model, args.rank, target_modules=TARGETS[args.targets], adapter_name="lightning")
+    second = lora.add_lora(model, max(1, args.rank // 2), target_modules=TARGETS[args.second_targets],
                            adapter_name="style")  # fmt: skip
     paddle.seed(args.seed + 1)
     for layer in lora.lora_layers(model).values():  # trained-looking adapters: non-zero B
@@ -117,6 +118,16 @@ def main():
     def unfused(names, weights):
         lora.set_adapters(model, names, weights)
         return run(model)
+
+    def training_like():  # the trainer's forward: a trainable student beside a frozen extra adapter
+        student = lora.lora_parameters(model, ["lightning"])
+        for param in student:
+            param.stop_gradient = False
+        try:
+            return unfused(["lightning", "style"], [1.0, 0.8])
+        finally:
+            for param in student:
+                param.stop_gradient = True
 
     def fused():
         lora.set_adapters(model, ["lightning", "style"], [1.0, 0.8])
@@ -134,6 +145,7 @@ def main():
         "base (no LoRA)": lambda: run(plain),
         "1 adapter unfused": lambda: unfused(["lightning"], [1.0]),
         "2 adapters unfused": lambda: unfused(["lightning", "style"], [1.0, 0.8]),
+        "2 unfused, 1 trainable": training_like,
         "2 adapters fused": fused,
         "teacher (adapters off)": teacher,
     }
