@@ -276,10 +276,10 @@ def test_stacked_loras_on_the_command_line_and_in_export(tmp_path):
     model_dir = build_tiny_pipeline(str(tmp_path / "tiny"), seed=1)
     files = []
     for i, (rank, targets) in enumerate([(4, ["attn.to_q", "ff.net.2"]), (2, ["attn.to_v", "proj_out"])]):
-        pipe = FluxPipeline.from_pretrained(model_dir)
-        lora.add_lora(pipe.transformer, rank, target_modules=targets)
-        randomize_b(pipe.transformer, seed=i, std=0.5)
-        files.append(pipe.save_lora_weights(str(tmp_path / f"lora{i}")))
+        transformer = FluxTransformer2DModel.from_pretrained(model_dir, subfolder="transformer")
+        lora.add_lora(transformer, rank, target_modules=targets)
+        randomize_b(transformer, seed=i, std=0.5)
+        files.append(lora.save_lora_weights(transformer, str(tmp_path / f"lora{i}")))
     root = os.path.join(os.path.dirname(__file__), "..")
 
     def tool(path, name):
