@@ -3,8 +3,9 @@
 
 Two copies of one random transformer (plain, and with two adapters of random non-zero B, frozen as loaded files
 are: "lightning" at `--rank` on `--targets`, "style" at half the rank on `--second-targets`) are timed round-robin
-in one process: each round runs every variant once, starting with a different one each round, so machine noise hits
-them alike. Prints medians and ratios to the base median.
+in one process: each round runs every variant once (an untimed step after setting its adapters, as the first step
+of a generation, then a timed step), starting with a different one each round, so machine noise hits them alike.
+Prints medians and ratios to the base median.
 
     python bench/bench_lora.py --size toy --repeats 40      # the toy transformer (width 64, 36 + 16 tokens, rank 8)
     python bench/bench_lora.py --size tiny --repeats 40     # the tiny pipeline's (width 32, 256 + 32 tokens, rank 4)
@@ -113,7 +114,8 @@ def main():
         param.stop_gradient = True
 
     def run(m):
-        return timed(lambda: m(*inputs).numpy())  # .numpy() waits for the result
+        m(*inputs).numpy()  # untimed: the first step after a change re-plans the LoRA layers (cached products)
+        return timed(lambda: m(*inputs).numpy())  # a steady-state step; .numpy() waits for the result
 
     def unfused(names, weights):
         lora.set_adapters(model, names, weights)

@@ -66,8 +66,9 @@ class LoRAAdapter(nn.Layer):
 
     @scale.setter
     def scale(self, value):
-        self._scale = float(value)
-        adapters_changed()
+        if float(value) != self.__dict__.get("_scale"):
+            self._scale = float(value)
+            adapters_changed()
 
     @property
     def scaling(self):
@@ -144,8 +145,9 @@ class LoRALinear(nn.Layer):
 
     @active.setter
     def active(self, names):
-        self._active = tuple(names)
-        adapters_changed()
+        if tuple(names) != self.__dict__.get("_active"):
+            self._active = tuple(names)
+            adapters_changed()
 
     @property
     def enabled(self):
@@ -153,8 +155,9 @@ class LoRALinear(nn.Layer):
 
     @enabled.setter
     def enabled(self, value):
-        self._enabled = bool(value)
-        adapters_changed()
+        if bool(value) != self.__dict__.get("_enabled"):
+            self._enabled = bool(value)
+            adapters_changed()
 
     # Single-adapter conveniences (the training API and `FluxTransformer2DModel.save_pretrained`'s check).
     @property
