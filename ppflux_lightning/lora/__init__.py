@@ -21,7 +21,7 @@ from .adapters import (
     unload_lora,
 )
 from .formats import load_frozen_adapters, load_lora_weights, parse_lora, read_lora, save_lora_weights
-from .layers import LoRAAdapter, LoRALinear
+from .layers import LoRAAdapter, LoRALinear, adapters_changed
 from .pipeline_mixin import FluxLoraLoaderMixin
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "LoRAAdapter",
     "LoRALinear",
     "active_adapters",
+    "adapters_changed",
     "adapter_names",
     "add_lora",
     "delete_adapters",
