@@ -1,7 +1,7 @@
-"""Export a FLUX pipeline folder (LoRA fused) to static graphs for Paddle Inference / CINN.
+"""Export a FLUX pipeline folder (LoRAs fused) to static graphs for Paddle Inference / CINN.
 
-    [FLAGS_use_cinn=1] python deploy/export.py --model DIR --output EXPORT_DIR [--lora FILE --lora_scale S
-        --lora_alpha A] [--height 1024 --width 1024 | --resolutions 1024x1024,768x1344] [--dtype float32]
+    [FLAGS_use_cinn=1] python deploy/export.py --model DIR --output EXPORT_DIR [--lora FILE[:WEIGHT] ...
+        --lora_scale S --lora_alpha A] [--height 1024 --width 1024 | --resolutions 1024x1024,768x1344] [--dtype float32]
         [--steps 4 --guidance 3.5 --max_sequence_length L]
 """
 
@@ -9,6 +9,7 @@ import argparse
 
 import ppflux_lightning  # noqa: F401  (sets the MKL switch before paddle is imported)
 from ppflux_lightning.export import export_pipeline, load_pipeline
+from ppflux_lightning.lora.pipeline_mixin import parse_lora_specs
 
 
 def parse_resolutions(text):
@@ -22,9 +23,11 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="diffusers-layout FLUX folder")
     p.add_argument("--output", required=True, help="export folder (replaced whole when complete)")
-    p.add_argument("--lora", help="LoRA file fused before export (diffusers/PEFT, kohya or PaddleMIX format)")
-    p.add_argument("--lora_scale", type=float, default=1.0)
-    p.add_argument("--lora_alpha", type=float, default=None, help="override the file alpha (8: FLUX-Lightning)")
+    p.add_argument("--lora", action="append", metavar="FILE[:WEIGHT]",
+                   help="LoRA file fused before export (diffusers/PEFT, kohya, XLabs or PaddleMIX), repeatable")
+    p.add_argument("--lora_scale", type=float, default=1.0, help="weight of a --lora given without :WEIGHT")
+    p.add_argument("--lora_alpha", type=float, default=None,
+                   help="override the alpha of every --lora file (8: FLUX-Lightning)")
     p.add_argument("--height", type=int, default=1024)
     p.add_argument("--width", type=int, default=1024)
     p.add_argument("--resolutions", type=parse_resolutions, help="several HxW buckets; overrides --height/--width")
@@ -38,8 +41,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    pipe = load_pipeline(args.model, args.dtype, args.lora, args.lora_scale, args.lora_alpha)
-    lora = None if not args.lora else {"file": args.lora, "scale": args.lora_scale, "alpha": args.lora_alpha}
+    loras = parse_lora_specs(args.lora, args.lora_scale, args.lora_alpha)
+    pipe = load_pipeline(args.model, args.dtype, loras)
     export_pipeline(
         pipe,
         args.output,
@@ -47,7 +50,7 @@ def main(argv=None):
         steps=args.steps,
         guidance=args.guidance,
         max_sequence_length=args.max_sequence_length,
-        lora=lora,
+        lora=loras or None,
     )
     print(f"exported {args.model} to {args.output}")
 

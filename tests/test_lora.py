@@ -30,7 +30,8 @@ def inputs(seed=0):
 def randomize_b(model, seed=1, std=0.3):
     paddle.seed(seed)
     for layer in lora.lora_layers(model).values():
-        layer.lora_B.set_value(paddle.randn(layer.lora_B.shape) * std)
+        for adapter in layer.adapters.values():
+            adapter.lora_B.set_value(paddle.randn(adapter.lora_B.shape) * std)
 
 
 def test_layer_formula():
@@ -41,10 +42,16 @@ def test_layer_formula():
     np.testing.assert_array_equal(layer(x).numpy(), base(x).numpy())  # B starts at zero
     assert np.abs(layer.lora_A.numpy()).max() <= 1 / np.sqrt(6)  # kaiming-uniform(a=sqrt(5)) bound
     layer.lora_B.set_value(paddle.randn([3, 5]))
-    layer.scale = 0.7
+    layer.adapters["default"].scale = 0.7
     w, b, a, bb = (t.numpy() for t in (base.weight, base.bias, layer.lora_A, layer.lora_B))
     expected = x.numpy() @ w + b + 0.7 * 1.5 / 3 * (x.numpy() @ a @ bb)
     np.testing.assert_allclose(layer(x).numpy(), expected, rtol=1e-5, atol=1e-5)
+    second = layer.add_adapter("second", rank=2, alpha=4)  # a second adapter adds its own term once active
+    second.lora_B.set_value(paddle.randn([2, 5]))
+    np.testing.assert_allclose(layer(x).numpy(), expected, rtol=1e-5, atol=1e-5)
+    layer.active = ["default", "second"]
+    both = expected + 4 / 2 * (x.numpy() @ second.lora_A.numpy() @ second.lora_B.numpy())
+    np.testing.assert_allclose(layer(x).numpy(), both, rtol=1e-5, atol=1e-5)
     layer.enabled = False
     np.testing.assert_allclose(layer(x).numpy(), x.numpy() @ w + b, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="rank"):
@@ -97,7 +104,8 @@ def test_state_dict_keys_and_base_checkpoints():
     lora.add_lora(model, rank=4)
     keys = set(model.state_dict())
     assert base_keys <= keys
-    assert keys - base_keys == {f"{n}.{p}" for n in lora.lora_layers(model) for p in ("lora_A", "lora_B")}
+    added = {f"{n}.adapters.default.{p}" for n in lora.lora_layers(model) for p in ("lora_A", "lora_B")}
+    assert keys - base_keys == added
     # a base checkpoint loads into the adapted model and gives the base model's output (B is zero)
     model.set_state_dict(plain.state_dict())
     np.testing.assert_allclose(model(*inputs()).numpy(), plain(*inputs()).numpy(), rtol=1e-6, atol=1e-6)
@@ -194,7 +202,7 @@ def test_bf16_base_with_float32_adapters_fuses_in_float32():
     layer = LoRALinear(base, rank=2, alpha=4, dtype="float32")
     layer.lora_B.set_value(paddle.randn([2, 6]))
     assert layer.weight.dtype == paddle.bfloat16 and layer.lora_A.dtype == paddle.float32
-    layer.fuse()
+    layer.fuse(["default"])
     fused = base.weight.astype("float32").numpy()
     assert layer.weight.dtype == paddle.bfloat16
     expected = w32 + 2 * layer.lora_A.numpy() @ layer.lora_B.numpy()
@@ -203,32 +211,149 @@ def test_bf16_base_with_float32_adapters_fuses_in_float32():
     np.testing.assert_allclose(layer.weight.astype("float32").numpy(), w32, rtol=2e-2, atol=2e-2)
 
 
-class TinyPipeline(lora.FluxLoraLoaderMixin):
-    def __init__(self, transformer):
-        self.transformer = transformer
 
 
-def test_pipeline_mixin(tmp_path):
-    source = tiny_model()
-    lora.add_lora(source, rank=4, alpha=8, target_modules=["to_k", "proj_mlp"])
+def test_trainer_with_a_frozen_extra_adapter(tmp_path):
+    """`model.extra_loras`: the extra file is a frozen adapter at its weight, on in the teacher; only the student
+    trains and only the student is saved."""
+    from train_fixtures import build_cached_dataset, build_pretrained, tiny_config, tiny_train_config
+
+    from ppflux_lightning.engine.trainer import FINAL_LORA, STUDENT, Trainer
+    from ppflux_lightning.utils.errors import ConfigError
+    from ppflux_lightning.utils.safetensors_io import SafetensorsFile
+
+    pre = build_pretrained(str(tmp_path / "pre"))
+    data = build_cached_dataset(str(tmp_path / "data"), count=4)
+    paddle.seed(5)
+    source = FluxTransformer2DModel(tiny_config())
+    lora.add_lora(source, rank=2, alpha=4, target_modules=["attn.to_k", "proj_out"])
     randomize_b(source)
-    path = lora.save_lora_weights(source, str(tmp_path / "src"))
-    expected_full = source(*inputs()).numpy()
-    lora.set_lora_scale(source, 0.5)
-    expected_half = source(*inputs()).numpy()
-    pipe = TinyPipeline(tiny_model())
-    base = pipe.transformer(*inputs()).numpy()
-    pipe.load_lora_weights(path, scale=0.5)
-    np.testing.assert_allclose(pipe.transformer(*inputs()).numpy(), expected_half, rtol=1e-5, atol=1e-5)
-    pipe.set_lora_scale(1.0)
-    np.testing.assert_allclose(pipe.transformer(*inputs()).numpy(), expected_full, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="already loaded"):
-        pipe.load_lora_weights(path, adapter_name="other")
-    pipe.fuse_lora(lora_scale=0.5)
-    np.testing.assert_allclose(pipe.transformer(*inputs()).numpy(), expected_half, rtol=1e-5, atol=1e-5)
-    pipe.unfuse_lora()
-    out = pipe.save_lora_weights(str(tmp_path / "again"))
-    pipe.unload_lora_weights()
-    np.testing.assert_allclose(pipe.transformer(*inputs()).numpy(), base, rtol=0, atol=1e-6)
-    pipe.load_lora_weights(out, adapter_name="other")
-    np.testing.assert_allclose(pipe.transformer(*inputs()).numpy(), expected_full, rtol=1e-5, atol=1e-5)
+    extra = lora.save_lora_weights(source, str(tmp_path / "extra"))
+    cfg = tiny_train_config(pre, data, str(tmp_path / "out"), **{"model.extra_loras": [{"path": extra, "weight": 0.8}],
+                                                                  "train.max_steps": 2})  # fmt: skip
+    trainer = Trainer(cfg)
+    model = trainer.model
+    assert lora.adapter_names(model) == ["extra_0", STUDENT] and lora.active_adapters(model) == ["extra_0", STUDENT]
+    frozen = {k: v.numpy().copy() for k, v in lora.lora_state_dict(model, "extra_0").items()}
+    trainable = {id(p) for group in trainer.params.values() for p in group}
+    assert not trainable & {id(p) for p in lora.lora_parameters(model, ["extra_0"])}
+    trainer.train()
+    for key, value in lora.lora_state_dict(model, "extra_0").items():
+        np.testing.assert_array_equal(value.numpy(), frozen[key])
+    model.eval()
+    args = (paddle.randn([1, 4, 16]), paddle.randn([1, 6, 32]), paddle.randn([1, 16]), 0.5,
+            paddle.to_tensor(image_ids(2, 2)), paddle.zeros([6, 3]), 3.5)  # fmt: skip
+    with trainer.recipe.adapters_off(model):
+        teacher = model(*args).numpy()
+    reference = FluxTransformer2DModel.from_pretrained(pre, subfolder="transformer")
+    reference.eval()
+    base = reference(*args).numpy()
+    lora.load_lora_weights(reference, extra, scale=0.8)
+    np.testing.assert_allclose(teacher, reference(*args).numpy(), rtol=1e-5, atol=1e-5)
+    assert np.abs(teacher - base).max() > 1e-3
+    saved = SafetensorsFile(str(tmp_path / "out" / FINAL_LORA)).keys()
+    student = {f"transformer.{k[: -len('.lora_A')]}.lora_A.weight" for k in lora.lora_state_dict(model, STUDENT)
+               if k.endswith(".lora_A")}  # fmt: skip
+    assert {k for k in saved if k.endswith(".lora_A.weight")} == student and len(saved) == 2 * len(student)
+    bad = tiny_train_config(pre, data, str(tmp_path / "bad"), **{"model.extra_loras": [{"file": extra}]})
+    with pytest.raises(ConfigError, match=r"model.extra_loras\[0\]"):
+        Trainer(bad)
+
+
+def test_stacked_loras_on_the_command_line_and_in_export(tmp_path):
+    """`tools/infer.py --lora A:0.7 --lora B` == the Python API; export's load_pipeline fuses both at their weights;
+    `deploy/export.py` passes them to export_pipeline (which writes them to deploy.yaml; tracing is test_deploy's)."""
+    import importlib.util
+    import os
+
+    from PIL import Image
+
+    from ppflux_lightning.export import load_pipeline
+    from ppflux_lightning.lora.pipeline_mixin import parse_lora_specs
+    from ppflux_lightning.pipelines import FluxPipeline, build_tiny_pipeline
+    from ppflux_lightning.utils.errors import ConfigError
+
+    model_dir = build_tiny_pipeline(str(tmp_path / "tiny"), seed=1)
+    files = []
+    for i, (rank, targets) in enumerate([(4, ["attn.to_q", "ff.net.2"]), (2, ["attn.to_v", "proj_out"])]):
+        transformer = FluxTransformer2DModel.from_pretrained(model_dir, subfolder="transformer")
+        lora.add_lora(transformer, rank, target_modules=targets)
+        randomize_b(transformer, seed=i, std=0.5)
+        files.append(lora.save_lora_weights(transformer, str(tmp_path / f"lora{i}")))
+    root = os.path.join(os.path.dirname(__file__), "..")
+
+    def tool(path, name):
+        spec = importlib.util.spec_from_file_location(name, os.path.join(root, path))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    common = ["--model", model_dir, "--prompt", "a cat", "--height", "16", "--width", "16", "--steps", "2",
+              "--max_sequence_length", "8", "--seed", "3"]  # fmt: skip
+    infer = tool("tools/infer.py", "infer_multi")
+    infer.main([*common, "--lora", f"{files[0]}:0.7", "--lora", files[1], "--lora_scale", "0.4",
+                "--out", str(tmp_path / "cli.png")])  # fmt: skip
+    infer.main([*common, "--out", str(tmp_path / "base.png")])
+    pipe = FluxPipeline.from_pretrained(model_dir)
+    pipe.load_lora_weights(files[0], adapter_name="a")
+    pipe.load_lora_weights(files[1], adapter_name="b")
+    pipe.set_adapters(["a", "b"], [0.7, 0.4])
+    image = pipe("a cat", height=16, width=16, num_inference_steps=2, max_sequence_length=8, seed=3).images[0]
+    cli, base = (np.asarray(Image.open(tmp_path / n), np.float32) for n in ("cli.png", "base.png"))
+    assert np.abs(cli - np.asarray(image, np.float32)).max() <= 1 and np.abs(cli - base).max() > 2
+
+    specs = parse_lora_specs([f"{files[0]}:0.7", files[1]], weight=0.4)
+    assert [s["weight"] for s in specs] == [0.7, 0.4] and specs[1]["file"] == files[1]
+    with pytest.raises(ConfigError, match="FILE:WEIGHT"):
+        parse_lora_specs([":0.5"])
+    fused = load_pipeline(model_dir, lora=specs)
+    assert not lora.lora_layers(fused.transformer)
+    args = (paddle.randn([1, 16, 16]), paddle.randn([1, 8, 32]), paddle.randn([1, 32]), 0.5,
+            paddle.to_tensor(image_ids(4, 4)), paddle.zeros([8, 3]), 3.5)  # fmt: skip
+    np.testing.assert_allclose(fused.transformer(*args).numpy(), pipe.transformer(*args).numpy(), rtol=1e-5,
+                               atol=1e-5)  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="nope.safetensors"):
+        load_pipeline(model_dir, lora=[files[0], "nope.safetensors:0.5"])
+
+    export = tool("deploy/export.py", "export_multi")
+    recorded = {}
+    export.export_pipeline = lambda pipe, output, resolutions, **kw: recorded.update(kw, pipe=pipe)  # no tracing
+    export.main(["--model", model_dir, "--output", str(tmp_path / "export"), "--lora", f"{files[0]}:0.7", "--lora",
+                 f"{files[1]}:0.4"])  # fmt: skip
+    assert [(r["file"], r["weight"]) for r in recorded["lora"]] == [(files[0], 0.7), (files[1], 0.4)]
+    np.testing.assert_allclose(recorded["pipe"].transformer(*args).numpy(), pipe.transformer(*args).numpy(),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+
+
+def test_frozen_adapters_run_from_a_cache_that_follows_changes():
+    """Frozen adapters (loaded files) share one cached concatenated pair per layer: same output as the direct
+    formula, rebuilt when a weight, the active set or (through set_lora_state_dict) a tensor changes."""
+    model = tiny_model()
+    lora.add_lora(model, rank=4, alpha=8, target_modules=["to_q", "proj_mlp"], adapter_name="a")
+    lora.add_lora(model, rank=2, target_modules=["to_q", "to_k"], adapter_name="b")
+    randomize_b(model)
+    lora.set_adapters(model, ["a", "b"], [0.7, 0.4])
+    direct = model(*inputs()).numpy()  # trainable adapters: the per-adapter path
+    for p in lora.lora_parameters(model):
+        p.stop_gradient = True
+    with paddle.no_grad():
+        np.testing.assert_allclose(model(*inputs()).numpy(), direct, rtol=1e-5, atol=1e-6)
+        lora.set_adapters(model, ["a", "b"], [0.2, 1.0])
+        changed = model(*inputs()).numpy()
+        lora.set_adapters(model, "b")
+        only_b = model(*inputs()).numpy()
+    assert np.abs(changed - direct).max() > 1e-3 and np.abs(only_b - changed).max() > 1e-3
+    for p in lora.lora_parameters(model):
+        p.stop_gradient = False
+    np.testing.assert_allclose(model(*inputs()).numpy(), only_b, rtol=1e-5, atol=1e-6)
+    state = {k: v * 2 for k, v in lora.lora_state_dict(model, "b").items() if k.endswith("lora_B")}
+    state.update({k: v for k, v in lora.lora_state_dict(model, "b").items() if k.endswith("lora_A")})
+    for p in lora.lora_parameters(model):
+        p.stop_gradient = True
+    lora.set_lora_state_dict(model, state, "b")
+    with paddle.no_grad():
+        doubled = model(*inputs()).numpy()
+    for p in lora.lora_parameters(model):
+        p.stop_gradient = False
+    np.testing.assert_allclose(doubled, model(*inputs()).numpy(), rtol=1e-5, atol=1e-6)
+    assert np.abs(doubled - only_b).max() > 1e-3

@@ -1,7 +1,7 @@
 """Text-to-image with a FLUX pipeline folder; writes a PNG (a grid when there are several images).
 
     python tools/infer.py --model DIR --prompt "a red cat" [--steps 4 --guidance 3.5 --height 1024 --width 1024
-        --seed 0 --num_images 1 --out out.png --dtype float32 --lora FILE --lora_scale 1.0
+        --seed 0 --num_images 1 --out out.png --dtype float32 --lora FILE[:WEIGHT] [--lora FILE2[:WEIGHT] ...]
         --cache METHOD --cache_threshold X]
 """
 
@@ -26,8 +26,9 @@ def parse_args(argv=None):
                    help="T5 prompt length (default: the model's tokenizer_2 model_max_length, at most 512)")
     p.add_argument("--out", default="out.png")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--lora", help="LoRA weights file (diffusers/PEFT, kohya or PaddleMIX format)")
-    p.add_argument("--lora_scale", type=float, default=1.0)
+    p.add_argument("--lora", action="append", metavar="FILE[:WEIGHT]",
+                   help="LoRA file (diffusers/PEFT, kohya, XLabs or PaddleMIX), repeatable: the adapters stack")
+    p.add_argument("--lora_scale", type=float, default=1.0, help="weight of a --lora given without :WEIGHT")
     p.add_argument("--cache", help="training-free cache method (see ppflux_lightning.acceleration)")
     p.add_argument("--cache_threshold", type=float, default=None, help="default: the method's own")
     return p.parse_args(argv)
@@ -37,7 +38,7 @@ def main(argv=None):
     args = parse_args(argv)
     pipe = FluxPipeline.from_pretrained(args.model, dtype=args.dtype)
     if args.lora:
-        pipe.load_lora_weights(args.lora, scale=args.lora_scale)
+        pipe.load_lora_stack(args.lora, weight=args.lora_scale)
     if args.cache:
         from ppflux_lightning.acceleration import CacheConfig
 

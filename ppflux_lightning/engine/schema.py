@@ -17,6 +17,7 @@ DEFAULTS = {
         "guidance": 3.5,               # guidance embedding value fed to student and teacher (FLUX.1-dev)
         "max_sequence_length": 512,    # T5 tokens when captions are encoded on the fly
         "gradient_checkpointing": True,
+        "extra_loras": [],             # frozen LoRAs under the student, e.g. [{path: style.safetensors, weight: 0.8}]
     },
     "lora": {
         "rank": 32,

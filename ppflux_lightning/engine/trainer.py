@@ -7,6 +7,7 @@ Per-sample randomness comes from (seed, step, global sample position), so N proc
 
 import math
 import os
+from functools import partial
 
 import numpy as np
 import paddle
@@ -29,6 +30,7 @@ from .optim import adamw, clip_grad_norm, lr_factor
 from .schema import REQUIRED
 
 FINAL_LORA = "pytorch_lora_weights.safetensors"
+STUDENT = "student"  # the trained adapter's name (extra frozen adapters are extra_0, extra_1, ...)
 
 
 class TrainingDiverged(RuntimeError):
@@ -73,7 +75,11 @@ class Trainer:
         self.dtype = resolve_dtype(cfg.model.dtype)
 
         model = FluxTransformer2DModel.from_pretrained(cfg.model.pretrained, dtype=self.dtype, subfolder="transformer")
-        lora.add_lora(model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules, dtype="float32")
+        # Frozen extra adapters stay on in the teacher (base + extras); only the student adapter trains and is saved.
+        extras = lora.load_frozen_adapters(model, cfg.model.extra_loras)
+        lora.add_lora(model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.target_modules, dtype="float32",
+                      adapter_name=STUDENT)  # fmt: skip
+        lora.set_adapters(model, [*extras, STUDENT], [*extras.values(), 1.0])
         model.enable_gradient_checkpointing(bool(cfg.model.gradient_checkpointing))
         model.train()
         self.model = model
@@ -81,12 +87,14 @@ class Trainer:
         patch = vae_scale_factor(cfg.model.pretrained) * 2
         solver = EulerSolver.from_scheduler(scheduler, (cfg.data.resolution // patch) ** 2,
                                             cfg.objectives.solver.num_timesteps, cfg.objectives.solver.num_phases)
-        self.recipe = DistillationRecipe(model, cfg.objectives, solver, lora.lora_disabled)
+        adapters_off = partial(lora.lora_disabled, adapter_names=[STUDENT])  # the teacher: base + extra adapters
+        self.recipe = DistillationRecipe(model, cfg.objectives, solver, adapters_off)
         self.encoder = BatchEncoder(cfg.model.pretrained, model, cfg.model.guidance, cfg.model.max_sequence_length)
 
         self.params, self.optimizers = {}, {}
         for group in self.recipe.groups:
-            params = (lora.lora_parameters(model) if group == "generator" else []) + self.recipe.parameters(group)
+            student = lora.lora_parameters(model, [STUDENT]) if group == "generator" else []
+            params = student + self.recipe.parameters(group)
             settings = {"lr": t.lr, "betas": t.betas, "weight_decay": t.weight_decay,
                         **self.recipe.optimizer_settings(group)}
             self.params[group] = params
@@ -198,7 +206,7 @@ class Trainer:
         """Checkpoint `checkpoint-<step>` (rank 0), then prune to the newest `keep_last`."""
         dist.barrier()
         if dist.is_main():
-            tensors = {"lora": lora.lora_state_dict(self.model), "objectives": self.recipe.state_dict()}
+            tensors = {"lora": lora.lora_state_dict(self.model, STUDENT), "objectives": self.recipe.state_dict()}
             for group, opt in self.optimizers.items():
                 tensors[f"optimizer-{group}"] = ckpt.optimizer_state(opt, self.params[group])
             tensors = {k: v for k, v in tensors.items() if v}
@@ -212,7 +220,7 @@ class Trainer:
 
     def load(self, path):
         state, tensors = ckpt.load_checkpoint(path)
-        lora.set_lora_state_dict(self.model, tensors["lora"])
+        lora.set_lora_state_dict(self.model, tensors["lora"], STUDENT)
         self.recipe.set_state_dict(tensors.get("objectives", {}))
         for group, opt in self.optimizers.items():
             if f"optimizer-{group}" in tensors:
@@ -230,9 +238,9 @@ class Trainer:
         from ..lora.formats import PADDLEMIX_WEIGHT_NAME, save_lora_weights
 
         if fmt in ("diffusers", "both"):
-            save_lora_weights(self.model, os.path.join(out, FINAL_LORA), format="diffusers")
+            save_lora_weights(self.model, os.path.join(out, FINAL_LORA), "diffusers", STUDENT)
         if fmt in ("paddlemix", "both"):
-            save_lora_weights(self.model, os.path.join(out, PADDLEMIX_WEIGHT_NAME), format="paddlemix")
+            save_lora_weights(self.model, os.path.join(out, PADDLEMIX_WEIGHT_NAME), "paddlemix", STUDENT)
 
     def validate(self):
         """Sample the validation prompts with the current LoRA and log an image grid (rank 0, needs a pipeline)."""

@@ -147,16 +147,15 @@ def _graph_specs(pipe, resolutions, max_sequence_length, clip_length, vae):
 
 
 def load_pipeline(model_dir, dtype="float32", lora=None, lora_scale=1.0, lora_alpha=None):
-    """`FluxPipeline` from a diffusers-layout folder, with the LoRA (if any) fused into the transformer weights and
-    the adapter layers removed, so the traced graph holds plain Linear layers."""
+    """`FluxPipeline` from a diffusers-layout folder, with the LoRAs (if any: a file, or `parse_lora_specs` input
+    for several) fused into the transformer weights at their weights and the adapter layers removed, so the traced
+    graph holds plain Linear layers. `lora_scale` / `lora_alpha` apply to entries that do not set their own."""
     from ..pipelines import FluxPipeline
 
     pipe = FluxPipeline.from_pretrained(model_dir, dtype=dtype)
     if lora:
-        if not os.path.exists(lora):
-            raise FileNotFoundError(f"LoRA file not found: {lora!r}")
-        pipe.load_lora_weights(lora, scale=lora_scale, alpha=lora_alpha)
-        pipe.fuse_lora()
+        pipe.load_lora_stack(lora, lora_scale, lora_alpha)
+        pipe.fuse_lora()  # every active adapter, each at its weight
         pipe.unload_lora_weights()
     return pipe
 
@@ -173,7 +172,8 @@ def export_pipeline(
 ):
     """Trace and save `pipe`'s text encoders, transformer and VAE decoder into `output`, with its tokenizers and a
     `deploy.yaml`. `pipe` has diffusers' attribute names (transformer, vae, text_encoder(_2), tokenizer(_2),
-    scheduler). Fuse any LoRA before calling; `lora` ({"file", "scale"}) is only recorded. Returns `output`."""
+    scheduler). Fuse any LoRA before calling; `lora` ([{"file", "weight", "alpha"}], the fused adapters) is only
+    recorded. Returns `output`."""
     if int(steps) < 1:
         raise ConfigError(f"steps must be >= 1, got {steps}")
     if max_sequence_length is None:  # the T5 tokenizer's model_max_length, at most 512 (16 for the toy model)

@@ -1,8 +1,9 @@
-"""LoRA files in and out: diffusers/PEFT, kohya / sd-scripts / ComfyUI, PaddleMIX and this project's own keys.
+"""LoRA files in and out: diffusers/PEFT, kohya / sd-scripts / ComfyUI, XLabs, PaddleMIX and this project's own keys.
 
 Every file is first read into one neutral form, `{module: Adapter}` with diffusers module names and PyTorch-layout
 matrices (`down` [r, in], `up` [out, r]), checked whole against the model, and only then applied, so a bad file
-changes nothing. Kohya names are resolved through the BFL<->diffusers map of `models.checkpoint`.
+changes nothing. Kohya and XLabs names are resolved through the BFL<->diffusers map of `models.checkpoint`. Each
+file becomes one named adapter of the model.
 """
 
 import dataclasses
@@ -15,10 +16,10 @@ import paddle
 import paddle.nn as nn
 
 from ..models.checkpoint import bfl_to_diffusers_map
-from ..utils.errors import CheckpointError, abbreviate
+from ..utils.errors import CheckpointError, ConfigError, abbreviate
 from ..utils.safetensors_io import SafetensorsFile, save_file
-from .adapters import lora_layers, replace_sublayer
-from .layers import LoRALinear
+from .adapters import adapter_layers, new_adapter_name, set_active, single_adapter, wrapped_layer
+from .layers import LoRALinear, adapters_changed, check_adapter_name
 
 DIFFUSERS_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 PADDLEMIX_WEIGHT_NAME = "paddle_lora_weights.safetensors"
@@ -34,6 +35,9 @@ SUFFIXES = (
     (".lora_A", "down", "pd"), (".lora_B", "up", "pd"),
     (".lora_A.weight.alpha", "alpha", None), (".alpha", "alpha", None),  # diffusers' tests write both forms
 )  # fmt: skip
+# XLabs (x-flux) double-block processors: qkv/proj_lora1 act on the image stream, ..._lora2 on the text stream; torch
+# Linear layout (down [r, in], up [out, r]) and no alpha (alpha = rank).
+XLABS_KEY = re.compile(r"(double_blocks\.\d+)\.processor\.(qkv|proj)_lora([12])\.(down|up)\.weight")
 
 
 @dataclasses.dataclass
@@ -103,6 +107,10 @@ def _strip_prefix(key):
 def _split_key(key):
     """`"transformer.x.to_q.lora_A.weight"` -> ("x.to_q", "down", layout or None, prefix) or None."""
     stem, prefix = _strip_prefix(key)
+    xlabs = XLABS_KEY.fullmatch(stem)
+    if xlabs:
+        block, kind, stream, role = xlabs.groups()
+        return f"{block}.{'img' if stream == '1' else 'txt'}_attn.{kind}", role, "pt", prefix
     for suffix, role, layout in SUFFIXES:
         if stem.endswith(suffix):
             return stem[: -len(suffix)], role, layout, prefix
@@ -199,7 +207,8 @@ def parse_lora(model, tensors, metadata=None, alpha=None):
         entry[role] = value
     if unknown:
         raise CheckpointError(
-            f"{len(unknown)} LoRA keys match no module of {type(model).__name__}: {abbreviate(unknown)}"
+            f"{len(unknown)} LoRA keys match no module of {type(model).__name__} (DoRA, text-encoder and other "
+            f"models' LoRAs are not supported; nothing was loaded): {abbreviate(unknown)}"
         )
     if not groups:
         raise CheckpointError("the LoRA state dict holds no LoRA tensors")
@@ -274,50 +283,68 @@ def _check_shapes(name, down, up, in_out):
 
 # ---------------------------------------------------------------- applying
 @paddle.no_grad()
-def apply_adapters(model, adapters, scale=1.0):
-    """Make the model's adapters exactly `adapters`: reuse or (re)create LoRA layers, remove adapters the file does
-    not name. Refuses fused models (their weights would be wrong after the swap)."""
-    existing = lora_layers(model)
-    fused = [n for n, layer in existing.items() if layer.fused]
-    if fused:
-        raise ValueError(f"adapters are fused into the base weights ({fused[0]}, ...): call unfuse_lora first")
-    for name in sorted(set(existing) - set(adapters)):
-        replace_sublayer(model, name, existing[name].unload())
+def apply_adapters(model, adapters, adapter_name, scale=1.0):
+    """Add `adapters` ({module: Adapter}) to the model as the new adapter `adapter_name` (frozen: loaded weights
+    are not trained), with user weight `scale`; like diffusers, it becomes the only active adapter."""
+    check_adapter_name(adapter_name)
+    if adapter_layers(model, adapter_name):
+        raise ValueError(f"adapter name {adapter_name!r} is already in use: delete_adapters({adapter_name!r}) first "
+                         "or choose another name")  # fmt: skip
     for name, adapter in adapters.items():
-        layer = existing.get(name)
-        if layer is not None and layer.rank != adapter.rank:
-            replace_sublayer(model, name, layer.unload())
-            layer = None
-        if layer is None:
-            layer = LoRALinear(model.get_sublayer(name), adapter.rank)
-            replace_sublayer(model, name, layer)
-        layer.alpha = float(adapter.rank if adapter.alpha is None else adapter.alpha)
+        layer = wrapped_layer(model, name).add_adapter(adapter_name, adapter.rank, adapter.alpha)
         layer.scale = float(scale)
         layer.lora_A.set_value(paddle.to_tensor(adapter.down.T.copy()).astype(layer.lora_A.dtype))
         layer.lora_B.set_value(paddle.to_tensor(adapter.up.T.copy()).astype(layer.lora_B.dtype))
+        layer.lora_A.stop_gradient = layer.lora_B.stop_gradient = True
+    set_active(model, [adapter_name])
+    adapters_changed()
     return sorted(adapters)
 
 
-def load_lora_weights(model, path_or_state_dict, scale=1.0, alpha=None):
-    """Load a LoRA file or state dict of any supported format into `model` (see the module docstring).
+def load_lora_weights(model, path_or_state_dict, adapter_name=None, scale=1.0, alpha=None):
+    """Load a LoRA file or state dict of any supported format into `model` as adapter `adapter_name` (default
+    `default_<n>`, as diffusers), which becomes the active adapter; `set_adapters` combines several.
 
-    `scale` is the user multiplier (diffusers' `lora_scale`); `alpha` overrides the file's alpha, e.g. `alpha=8`
-    for the released FLUX-Lightning LoRA (trained with alpha 8 at rank 32, saved without it). Returns the module
-    names that carry the LoRA.
+    `scale` is the adapter's weight (diffusers' `set_adapters` weight); `alpha` overrides the file's alpha, e.g.
+    `alpha=8` for the released FLUX-Lightning LoRA (trained with alpha 8 at rank 32, saved without it). Everything is
+    checked before anything changes. Returns the module names that carry the adapter.
     """
     tensors, metadata = read_lora(path_or_state_dict)
-    return apply_adapters(model, parse_lora(model, tensors, metadata, alpha), scale)
+    adapters = parse_lora(model, tensors, metadata, alpha)
+    return apply_adapters(model, adapters, adapter_name or new_adapter_name(model), scale)
+
+
+def load_frozen_adapters(model, entries):
+    """Load `model.extra_loras` entries (`[{path: FILE, weight: 1.0, alpha: None}]`) as frozen adapters `extra_0`,
+    `extra_1`, ...; returns `{name: weight}`. Every file is checked before the next one loads."""
+    weights = {}
+    for i, entry in enumerate(entries or []):
+        where = f"model.extra_loras[{i}]"
+        if not isinstance(entry, dict) or "path" not in entry:
+            raise ConfigError(f"{where} must be a mapping with 'path' (optional 'weight', 'alpha'), got {entry!r}")
+        unknown = sorted(set(entry) - {"path", "weight", "alpha"})
+        if unknown:
+            raise ConfigError(f"{where} has unknown keys {unknown}; allowed: path, weight, alpha")
+        weight, alpha = entry.get("weight", 1.0), entry.get("alpha")
+        for key, value in (("weight", weight), ("alpha", alpha)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ConfigError(f"{where}.{key} must be a number, got {value!r}")
+        name = f"extra_{i}"
+        load_lora_weights(model, str(entry["path"]), name, scale=float(weight), alpha=alpha)
+        weights[name] = float(weight)
+    return weights
 
 
 # ---------------------------------------------------------------- writing
-def save_lora_weights(model, path, format="diffusers"):
-    """Write the model's adapters: "diffusers" (PEFT keys, PyTorch layout, `.alpha` keys where alpha != rank,
-    loadable by diffusers' `FluxPipeline.load_lora_weights`) or "paddlemix" (Paddle layout, metadata
-    `format: pd`; PaddleMIX assumes alpha = rank, so alpha / rank is folded into lora_B). A folder path gets the
-    conventional file name. Returns the file written."""
+def save_lora_weights(model, path, format="diffusers", adapter_name=None):
+    """Write one adapter (the model's only one unless `adapter_name` is given): "diffusers" (PEFT keys, PyTorch
+    layout, `.alpha` keys where alpha != rank, loadable by diffusers' `FluxPipeline.load_lora_weights`) or
+    "paddlemix" (Paddle layout, metadata `format: pd`; PaddleMIX assumes alpha = rank, so alpha / rank is folded
+    into lora_B). A folder path gets the conventional file name. Returns the file written."""
     if format not in ("diffusers", "paddlemix"):
         raise ValueError(f"unknown LoRA format {format!r}; choose 'diffusers' or 'paddlemix'")
-    layers = lora_layers(model)
+    name = single_adapter(model, adapter_name)
+    layers = {} if name is None else adapter_layers(model, name)
     if not layers:
         raise ValueError(f"{type(model).__name__} has no LoRA adapters to save")
     if not str(path).endswith(".safetensors"):

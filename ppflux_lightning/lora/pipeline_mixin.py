@@ -1,55 +1,104 @@
-"""LoRA methods shared by pipelines (load / fuse / unfuse / unload / save), delegating to ppflux_lightning.lora.
+"""LoRA methods shared by pipelines, with diffusers' `FluxLoraLoaderMixin` names and semantics on
+`self.transformer`: several named adapters, weighted and combined with `set_adapters`, switched off and on, deleted,
+fused together. Differences from diffusers 0.31 are listed in docs/lora.md."""
 
-Mirrors diffusers' `FluxLoraLoaderMixin` on `self.transformer`, with one adapter at a time: loading a second
-adapter under another name is refused rather than silently stacked or replaced.
-"""
-
+from ..utils.errors import ConfigError
 from . import adapters, formats
+
+
+def parse_lora_specs(values, weight=1.0, alpha=None):
+    """The CLIs' repeatable `--lora FILE[:WEIGHT]` (a string, a list of strings, or `{"file", "weight", "alpha"}`
+    dicts) -> `[{"file", "weight", "alpha"}]`; `weight` and `alpha` fill what an entry leaves out."""
+    if not values:
+        return []
+    specs = []
+    for value in [values] if isinstance(values, (str, dict)) else values:
+        if isinstance(value, dict):
+            spec = {"file": value.get("file"), "weight": value.get("weight", weight),
+                    "alpha": value.get("alpha", alpha)}  # fmt: skip
+        else:
+            path, sep, tail = str(value).rpartition(":")
+            try:
+                spec = {"file": path, "weight": float(tail), "alpha": alpha} if sep else None
+            except ValueError:
+                spec = None
+            spec = spec or {"file": str(value), "weight": weight, "alpha": alpha}
+        if not spec["file"]:
+            raise ConfigError(f"--lora expects FILE or FILE:WEIGHT, got {value!r}")
+        spec["weight"] = float(spec["weight"])
+        specs.append(spec)
+    return specs
 
 
 class FluxLoraLoaderMixin:
     """Mix into a pipeline that has `self.transformer` (a `FluxTransformer2DModel`)."""
 
-    _lora_adapter_name = None
-
     def load_lora_weights(self, path_or_state_dict, adapter_name=None, scale=1.0, alpha=None):
-        """Load a diffusers/PEFT, kohya/ComfyUI, PaddleMIX or ppflux LoRA into the transformer (format detected).
-        `scale` multiplies the adapter (diffusers' `lora_scale`); `alpha` overrides the file's alpha."""
-        name = adapter_name or "default_0"
-        current = self._lora_adapter_name if adapters.lora_layers(self.transformer) else None
-        if current is not None and current != name:
-            raise ValueError(
-                f"adapter {current!r} is already loaded and only one adapter is supported: call "
-                f"unload_lora_weights() first, or pass adapter_name={current!r} to replace it"
-            )
-        modules = formats.load_lora_weights(self.transformer, path_or_state_dict, scale=scale, alpha=alpha)
-        self._lora_adapter_name = name
-        return modules
+        """Load a diffusers/PEFT, kohya/ComfyUI, XLabs, PaddleMIX or ppflux LoRA (format detected) as adapter
+        `adapter_name` (default `default_<n>`); it becomes the active adapter, as in diffusers: call `set_adapters`
+        to combine it with others. `scale` is its weight; `alpha` overrides the file's alpha. Returns the modules."""
+        return formats.load_lora_weights(self.transformer, path_or_state_dict, adapter_name, scale=scale, alpha=alpha)
 
-    def fuse_lora(self, lora_scale=1.0):
-        """Fold the adapter into the transformer weights (faster steps); `lora_scale` multiplies its current scale."""
+    def load_lora_stack(self, specs, weight=1.0, alpha=None):
+        """Load several LoRAs (`parse_lora_specs` input, e.g. `["lightning.safetensors:0.25", "style.safetensors:0.8"]`)
+        as adapters `default_<n>` and activate them all at their weights. Every file is checked before the next
+        loads; on an error the ones already loaded are removed again. Returns the specs with an "adapter" name each."""
+        specs = parse_lora_specs(specs, weight, alpha)
+        names = []
+        try:
+            for spec in specs:
+                name = adapters.new_adapter_name(self.transformer)
+                self.load_lora_weights(spec["file"], name, scale=spec["weight"], alpha=spec["alpha"])
+                names.append(name)
+        except Exception:
+            if names:
+                self.delete_adapters(names)
+            raise
+        if names:
+            self.set_adapters(names, [spec["weight"] for spec in specs])
+        return [dict(spec, adapter=name) for spec, name in zip(specs, names)]
+
+    def set_adapters(self, adapter_names, adapter_weights=None):
+        """Activate exactly `adapter_names` (a name or a list) with `adapter_weights` (None -> 1.0, one float, or
+        a list); the others stay loaded but inactive."""
+        adapters.set_adapters(self.transformer, adapter_names, adapter_weights)
+
+    def get_active_adapters(self):
+        return adapters.active_adapters(self.transformer)
+
+    def get_list_adapters(self):
+        """`{"transformer": [names in load order]}` (empty dict without adapters), as diffusers."""
+        names = adapters.adapter_names(self.transformer)
+        return {"transformer": names} if names else {}
+
+    def disable_lora(self):
+        adapters.set_lora_enabled(self.transformer, False)
+
+    def enable_lora(self):
+        adapters.set_lora_enabled(self.transformer, True)
+
+    def delete_adapters(self, adapter_names):
+        adapters.delete_adapters(self.transformer, adapter_names)
+
+    def set_lora_scale(self, scale, adapter_names=None):
+        """Set the weight of every adapter (or of `adapter_names`) without changing which are active."""
+        adapters.set_lora_scale(self.transformer, scale, adapter_names)
+
+    def fuse_lora(self, lora_scale=1.0, adapter_names=None):
+        """Fold the active adapters (or `adapter_names`) into the transformer weights, each at `lora_scale` times
+        its weight (faster steps); `unfuse_lora` undoes it."""
         if not adapters.lora_layers(self.transformer):
             raise ValueError("no LoRA is loaded: call load_lora_weights() first")
-        adapters.fuse_lora(self.transformer, lora_scale)
+        adapters.fuse_lora(self.transformer, lora_scale, adapter_names)
 
     def unfuse_lora(self):
         adapters.unfuse_lora(self.transformer)
 
     def unload_lora_weights(self):
-        """Remove the adapter. If it is fused, the fused weights stay (as in diffusers): unfuse first to undo it."""
+        """Remove every adapter. Fused weights stay fused (as in diffusers): unfuse first to undo them."""
         adapters.unload_lora(self.transformer)
-        self._lora_adapter_name = None
 
-    def set_lora_scale(self, scale):
-        adapters.set_lora_scale(self.transformer, scale)
-
-    def enable_lora(self):
-        adapters.set_lora_enabled(self.transformer, True)
-
-    def disable_lora(self):
-        adapters.set_lora_enabled(self.transformer, False)
-
-    def save_lora_weights(self, save_directory, format="diffusers"):
-        """Write the adapter as `pytorch_lora_weights.safetensors` (diffusers) or `paddle_lora_weights.safetensors`
-        (PaddleMIX) in `save_directory`; returns the file path."""
-        return formats.save_lora_weights(self.transformer, save_directory, format=format)
+    def save_lora_weights(self, save_directory, adapter_name=None, format="diffusers"):
+        """Write one adapter (the only one unless named) as `pytorch_lora_weights.safetensors` (diffusers) or
+        `paddle_lora_weights.safetensors` (PaddleMIX) in `save_directory`; returns the file path."""
+        return formats.save_lora_weights(self.transformer, save_directory, format=format, adapter_name=adapter_name)
