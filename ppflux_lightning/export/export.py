@@ -22,8 +22,9 @@ from tqdm import tqdm
 from .. import __version__
 from ..models import vae as vae_io
 from ..pipelines.flux_pipeline import MAX_T5_LENGTH
-from ..utils.atomic import atomic_dir
+from ..utils.atomic import atomic_dir, check_output_dir
 from ..utils.errors import ConfigError
+from ..utils.files import DEPLOY_FILE, is_export_folder  # noqa: F401  (DEPLOY_FILE: public here too)
 from .graphs import (
     LatentDecoderGraph,
     PooledTextGraph,
@@ -33,7 +34,6 @@ from .graphs import (
 )
 
 FORMAT_VERSION = 1
-DEPLOY_FILE = "deploy.yaml"
 GRAPH_NAMES = ("text_encoder", "text_encoder_2", "transformer", "vae_decoder")
 TOKENIZER_NAMES = ("tokenizer", "tokenizer_2")
 GRAPH_PREFIX = "model"
@@ -170,10 +170,15 @@ def export_pipeline(
     max_sequence_length=None,
     sigmas=None,
     lora=None,
+    overwrite=False,
+    protect=(),
 ):
     """Trace and save `pipe`'s text encoders, transformer and VAE decoder into `output`, with its tokenizers and a
     `deploy.yaml`. `pipe` has diffusers' attribute names (transformer, vae, text_encoder(_2), tokenizer(_2),
-    scheduler). Fuse any LoRA before calling; `lora` ({"file", "scale"}) is only recorded. Returns `output`."""
+    scheduler). Fuse any LoRA before calling; `lora` ({"file", "scale"}) is only recorded. An existing `output` is
+    replaced only when it is an export folder and `overwrite` is set; `protect` lists inputs it must not touch
+    (the source model). Returns `output`."""
+    check_output_dir(output, overwrite, is_export_folder, protect)
     if int(steps) < 1:
         raise ConfigError(f"steps must be >= 1, got {steps}")
     if max_sequence_length is None:  # the T5 tokenizer's model_max_length, at most 512 (16 for the toy model)
@@ -209,7 +214,7 @@ def export_pipeline(
         "prim_for_cinn": prim,
         "graphs": {name: {"inputs": _spec_dict(specs[name])} for name in GRAPH_NAMES},
     }
-    with atomic_dir(output) as tmp:
+    with atomic_dir(output, overwrite, is_export_folder, protect, marker="export") as tmp:
         for name in tqdm(GRAPH_NAMES, desc="export", unit="graph"):
             with paddle.no_grad():
                 save_graph(layers[name], specs[name], tmp, name)

@@ -69,8 +69,12 @@ def check_output_dir(path, overwrite=False, ours=None, protect=(), option="outpu
     if not os.path.isdir(parent):
         raise OutputExistsError(f"{option} {path!r}: {parent!r} is a file, not a folder")
     for p in protect:
-        if p and os.path.exists(p) and (_inside(os.path.realpath(p), real) or _inside(real, os.path.realpath(p))):
-            raise OutputExistsError(f"{option} {path!r} would replace or sit inside {p!r}, an input of this run")
+        if not p or not os.path.exists(p):
+            continue
+        where = "is" if real == os.path.realpath(p) else "holds" if _inside(os.path.realpath(p), real) else \
+            "is inside" if _inside(real, os.path.realpath(p)) else None
+        if where:
+            raise OutputExistsError(f"{option} {path!r} {where} {p!r}, an input of this run; not writing there")
     if not os.path.lexists(path):
         return
     if not os.path.isdir(path) or os.path.islink(path):

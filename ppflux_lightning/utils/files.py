@@ -8,11 +8,13 @@ import json
 import os
 import pickle
 
+from .atomic import has_marker
 from .errors import InputFileError
 
 SUBFOLDERS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
 # The files each tokenizer folder needs (CLIP BPE, T5 SentencePiece); paddlenlp fails with a bare TypeError without.
 TOKENIZER_FILES = {"tokenizer": ("vocab.json", "merges.txt"), "tokenizer_2": ("spiece.model",)}
+DEPLOY_FILE = "deploy.yaml"  # the description of an export folder (export/export.py)
 # Transformer config keys that fix the architecture: a config.json without one of them is refused, never defaulted.
 TRANSFORMER_KEYS = ("in_channels", "num_layers", "num_single_layers", "attention_head_dim", "num_attention_heads",
                     "joint_attention_dim", "pooled_projection_dim")
@@ -80,3 +82,17 @@ def check_pipeline_folder(path, option="--model"):
             "t5_max_length": min(512, int(t5_max)),
             "guidance_embeds": bool(transformer.get("guidance_embeds", True)),
             "toy": read_json_object(toy_path, "toy config") if os.path.isfile(toy_path) else None}
+
+
+def is_export_folder(path):
+    """An export folder we wrote: our marker, or a `deploy.yaml` with a `format_version` (exports before the marker)."""
+    import yaml
+
+    if has_marker(path, "export"):
+        return True
+    try:
+        with open(os.path.join(path, DEPLOY_FILE)) as f:
+            data = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and "format_version" in data
