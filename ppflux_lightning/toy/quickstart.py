@@ -127,7 +127,7 @@ def train_student(cfg):
                 return lora_path
     discard_stale_checkpoints(out, text)
     started = time.time()
-    Trainer(cfg, resume="latest", config_text=text).train()
+    Trainer(cfg, resume="auto", config_text=text).train()
     with atomic_file(marker) as tmp, open(tmp, "w") as f:
         json.dump({"config": text, "train_seconds": round(time.time() - started, 1)}, f)
     return lora_path
