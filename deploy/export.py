@@ -64,7 +64,7 @@ def check_args(args):
     return resolutions
 
 
-def main(argv=None):
+def _main(argv):
     args = parse_args(argv)
     resolutions = check_args(args)
     from ppflux_lightning.utils.device import resolve_dtype
@@ -88,5 +88,10 @@ def main(argv=None):
     print(f"exported {args.model} to {args.output}")
 
 
+def main(argv=None):
+    """Exit code 0, or 2 with one line on stderr for a user's mistake (see ppflux_lightning.cli)."""
+    return cli.run(_main, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(main())

@@ -66,7 +66,7 @@ def check_resolution(config, height, width):
         raise cli.UserError(f"--height {height} --width {width} is not an exported resolution; exported: {listed}")
 
 
-def main(argv=None):
+def _main(argv):
     args = parse_args(argv)
     check_args(args)
     from ppflux_lightning.export import DeployPipeline, load_deploy_config, median_timings
@@ -94,5 +94,10 @@ def main(argv=None):
             print(f"  {stage:<14} {seconds * 1000:10.1f} ms")
 
 
+def main(argv=None):
+    """Exit code 0, or 2 with one line on stderr for a user's mistake (see ppflux_lightning.cli)."""
+    return cli.run(_main, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(main())

@@ -56,7 +56,7 @@ def check_args(args):
     return info
 
 
-def main(argv=None):
+def _main(argv):
     args = parse_args(argv)
     check_args(args)
     from ppflux_lightning.utils.device import resolve_dtype
@@ -86,5 +86,10 @@ def main(argv=None):
     print(f"wrote {args.out} ({len(images)} image{'s' if len(images) > 1 else ''})")
 
 
+def main(argv=None):
+    """Exit code 0, or 2 with one line on stderr for a user's mistake (see ppflux_lightning.cli)."""
+    return cli.run(_main, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(main())

@@ -52,7 +52,7 @@ def check_config(cfg, args):
         resolve_resume(cfg.train.output_dir, "latest")  # nothing to resume is an error before anything loads
 
 
-def main(argv=None):
+def _main(argv):
     args = parse_args(argv)
     cfg = load_config(args.config, args.override, schema=DEFAULTS)
     check_config(cfg, args)
@@ -66,5 +66,10 @@ def main(argv=None):
     return 0
 
 
+def main(argv=None):
+    """Exit code 0, or 2 with one line on stderr for a user's mistake (see ppflux_lightning.cli)."""
+    return cli.run(_main, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(main())

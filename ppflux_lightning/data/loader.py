@@ -8,6 +8,7 @@ turns an exception into a marked sample; the batch carries it to the main proces
 
 import traceback
 
+import numpy as np
 import paddle
 
 from ..utils.errors import DataError, UserError
@@ -26,28 +27,33 @@ class _Guarded(paddle.io.Dataset):
         try:
             return self.dataset[index]
         except Exception as e:  # noqa: BLE001  (carried to the main process and raised there)
-            return {ERROR_KEY: (isinstance(e, UserError), str(e) if isinstance(e, UserError) else
-                                traceback.format_exc())}
+            user = isinstance(e, UserError)
+            return {ERROR_KEY: ["user" if user else "bug", str(e) if user else traceback.format_exc()]}
 
 
 def _guarded_collate(collate_fn):
     def collate(samples):
         for sample in samples:
             if isinstance(sample, dict) and ERROR_KEY in sample:
-                return {ERROR_KEY: sample[ERROR_KEY]}
+                return _error_batch(sample[ERROR_KEY])
         try:
             return collate_fn(samples)
         except Exception:  # noqa: BLE001
-            return {ERROR_KEY: (False, traceback.format_exc())}
+            return _error_batch(["bug", traceback.format_exc()])
 
     return collate
+
+
+def _error_batch(error):
+    # Paddle's loader silently drops a batch holding no array (and ends the epoch), so one rides along.
+    return {ERROR_KEY: error, "__loader_error_array__": np.zeros(1, np.float32)}
 
 
 def raise_loader_error(batch):
     """Raise the error a guarded batch carries (a no-op for a normal batch)."""
     if isinstance(batch, dict) and ERROR_KEY in batch:
-        user, message = batch[ERROR_KEY]
-        if user:
+        kind, message = batch[ERROR_KEY]  # a list of strings: the loader passes those through unchanged
+        if kind == "user":
             raise DataError(message)
         raise RuntimeError(f"loading a batch failed in the data loader:\n{message}")
 
@@ -57,6 +63,10 @@ def load_batches(dataset, batch_sampler, collate_fn, num_workers=0):
     here, in the calling process, instead of stalling the loader."""
     loader = paddle.io.DataLoader(_Guarded(dataset), batch_sampler=batch_sampler,
                                   collate_fn=_guarded_collate(collate_fn), num_workers=int(num_workers))
+    count = 0
     for batch in loader:
         raise_loader_error(batch)
+        count += 1
         yield batch
+    if count == 0 and len(batch_sampler) > 0:  # Paddle ends an epoch early when its loader thread fails
+        raise RuntimeError(f"the data loader stopped before its first of {len(batch_sampler)} batches")
