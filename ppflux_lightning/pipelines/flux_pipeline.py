@@ -102,7 +102,7 @@ class FluxPipeline(FluxLoraLoaderMixin, CacheMixin):
 
     def save_pretrained(self, path, max_shard_bytes=None):
         """Write a diffusers-layout folder that `from_pretrained` here and diffusers' FluxPipeline both load."""
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, overwrite=True, ours="model_index.json") as tmp:
             with open(os.path.join(tmp, "model_index.json"), "w") as f:
                 json.dump(MODEL_INDEX, f, indent=2)
             self.transformer.save_pretrained(os.path.join(tmp, "transformer"), max_shard_bytes=max_shard_bytes)
