@@ -1,13 +1,13 @@
 """FLUX.1 transformer in Paddle, with diffusers' module names so that checkpoints and LoRA keys map one to one."""
 
 import dataclasses
-import json
 import os
 
 import paddle
 import paddle.nn as nn
 
 from ..utils.errors import ConfigError
+from ..utils.files import read_transformer_config
 from . import checkpoint
 from .blocks import ContinuousAdaNorm, DoubleStreamBlock, SingleStreamBlock
 from .embeddings import CombinedTimestepTextEmbedding, rope_frequencies
@@ -191,8 +191,7 @@ class FluxTransformer2DModel(nn.Layer):
         config_path = os.path.join(path, cls.config_name)
         if not os.path.isfile(config_path):
             raise FileNotFoundError(f"no {cls.config_name} in transformer folder {path!r}")
-        with open(config_path) as f:
-            config = FluxConfig.from_dict(json.load(f))
+        config = FluxConfig.from_dict(read_transformer_config(path))  # names a missing key or bad JSON
         files = checkpoint.safetensors_files(path)
         return checkpoint.build_and_load(cls, config, files, dtype, key_map=None)
 

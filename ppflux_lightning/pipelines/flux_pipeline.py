@@ -23,6 +23,7 @@ from ..models.latents import latent_image_ids, pack_latents, unpack_latents  # n
 from ..models.torch_weights import check_dtype
 from ..schedulers.flow_match import FlowMatchEulerScheduler
 from ..utils.atomic import atomic_dir
+from ..utils.files import check_pipeline_folder
 
 MODEL_INDEX = {
     "_class_name": "FluxPipeline",
@@ -87,6 +88,7 @@ class FluxPipeline(FluxLoraLoaderMixin, CacheMixin):
         for name in SUBFOLDERS:
             if not os.path.isdir(os.path.join(path, name)):
                 raise FileNotFoundError(f"pipeline folder {path!r} has no {name}/ subfolder")
+        check_pipeline_folder(path, "pipeline")  # tokenizer files and JSON configs, each error naming its file
         sub = {name: os.path.join(path, name) for name in SUBFOLDERS}
         pipe = cls(
             transformer=FluxTransformer2DModel.from_pretrained(sub["transformer"], dtype=dtype),
