@@ -12,13 +12,15 @@ exception is a bug and keeps its traceback. `--verbose` lets the known third-par
 """
 
 import argparse
+import contextlib
 import logging
 import math
 import os
+import shutil
 import sys
 import warnings
 
-from .utils.atomic import check_output_dir
+from .utils.atomic import MARKER, check_output_dir, write_marker
 from .utils.errors import UserError
 
 DEBUG_ENV = "PPFLUX_DEBUG"
@@ -138,10 +140,10 @@ def existing_dir(option, path):
 
 def output_file(option, path, suffixes=None, protect=()):
     """An output file path: not a folder, not an input of the run, its folder creatable, a known suffix."""
-    if suffixes is not None and os.path.splitext(path)[1].lower() not in suffixes:
-        raise UserError(f"{option} {path!r} must end in {', '.join(sorted(suffixes))}")
     if os.path.isdir(path):
         raise UserError(f"{option} {path!r} is a folder; give a file name")
+    if suffixes is not None and os.path.splitext(path)[1].lower() not in suffixes:
+        raise UserError(f"{option} {path!r} must end in {', '.join(sorted(suffixes))}")
     real = os.path.realpath(path)
     for p in protect:
         if p and os.path.exists(p) and (real == os.path.realpath(p) or real.startswith(os.path.realpath(p) + os.sep)):
@@ -188,3 +190,22 @@ def warn_truncation(pipe, prompts, max_sequence_length=None):
             if count > limit:
                 print(f"warning: prompt {prompt[:40]!r}... is {count} {name} tokens; only the first {limit} are used",
                       file=sys.stderr)
+
+
+@contextlib.contextmanager
+def output_folder(path, kind):
+    """Create `path` (if new) marked as our output of `kind`; when the body fails and the folder we created still
+    holds nothing but the marker, remove it again, so a failed run leaves nothing behind."""
+    top = os.path.abspath(path)  # the outermost folder this call creates (parents too)
+    while not os.path.exists(os.path.dirname(top)):
+        top = os.path.dirname(top)
+    created = not os.path.exists(top)
+    os.makedirs(path, exist_ok=True)
+    write_marker(path, kind)
+    try:
+        yield path
+    except BaseException:
+        left = [os.path.join(r, f) for r, _, files in os.walk(top) for f in files]
+        if created and left == [os.path.join(os.path.abspath(path), MARKER)]:
+            shutil.rmtree(top, ignore_errors=True)
+        raise

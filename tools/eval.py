@@ -21,7 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ppflux_lightning import cli  # noqa: E402  (before paddle: sets the MKL switch)
-from ppflux_lightning.utils.atomic import check_output_dir, has_marker, write_marker  # noqa: E402
+from ppflux_lightning.utils.atomic import check_output_dir, has_marker  # noqa: E402
 from ppflux_lightning.utils.device import DTYPES  # noqa: E402
 from ppflux_lightning.utils.files import check_pipeline_folder  # noqa: E402
 
@@ -158,10 +158,13 @@ def score(args, images, prompts, reference, toy=False, image_size=None):
 def _main(argv):
     args = parse_args(argv)
     check_args(args)
+    with cli.output_folder(args.out, "eval"):
+        run_command(args)
+
+
+def run_command(args):
     from ppflux_lightning.eval.image_io import load_images, read_prompts
 
-    os.makedirs(args.out, exist_ok=True)
-    write_marker(args.out, "eval")
     if args.command == "train-features":
         from ppflux_lightning.eval.features import train_task_features
 

@@ -17,7 +17,7 @@ from ppflux_lightning.engine.ranges import check_ranges  # noqa: E402
 from ppflux_lightning.engine.schema import DEFAULTS  # noqa: E402
 from ppflux_lightning.toy.quickstart import QuickstartSettings  # noqa: E402
 from ppflux_lightning.toy.task import eval_prompts  # noqa: E402
-from ppflux_lightning.utils.atomic import check_output_dir, has_marker, write_marker  # noqa: E402
+from ppflux_lightning.utils.atomic import check_output_dir, has_marker  # noqa: E402
 from ppflux_lightning.utils.files import check_pipeline_folder  # noqa: E402
 
 MARKER_KIND = "quickstart"
@@ -66,9 +66,8 @@ def _main(argv):
     settings = (QuickstartSettings.smoke if args.smoke else QuickstartSettings)(
         out=args.out, model=args.model, config=args.config, features=args.features, seed=args.seed,
         overrides=tuple(args.override), **{k: v for k, v in chosen.items() if v is not None})
-    os.makedirs(args.out, exist_ok=True)
-    write_marker(args.out, MARKER_KIND)
-    result = run_quickstart(settings)
+    with cli.output_folder(args.out, MARKER_KIND):
+        result = run_quickstart(settings)
     print(summary_line(result))
     return 0
 
