@@ -67,6 +67,7 @@ def check_args(args):
 def _main(argv):
     args = parse_args(argv)
     resolutions = check_args(args)
+    cli.quiet_native_warnings()
     from ppflux_lightning.utils.device import resolve_dtype
 
     dtype = resolve_dtype(args.dtype, "--dtype")

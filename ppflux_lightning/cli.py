@@ -30,8 +30,13 @@ NOISY_WARNINGS = (
     "No ccache found",                       # paddle.utils.cpp_extension at import
     "Setuptools is replacing distutils",     # setuptools' distutils hack, triggered by paddle's import
     "To copy construct from a tensor",       # paddle.to_tensor(tensor) inside paddlenlp
+    "Tensor do not have 'place' interface",  # tracing paddlenlp's T5 for export
+    "Find variable `features` defined in global scope",  # dy2static on the block loop's feature list (export)
 )
-NOISY_LOGGERS = ("datasets",)  # "PyTorch version ... available." (datasets.config, imported by paddlenlp)
+NOISY_LOGGERS = ("datasets",)
+# Paddle's C++ (glog) warnings: tracing paddlenlp's CLIP prints PIR's "not support input out tensor for now!!!!!".
+NATIVE_LOG_LEVEL = {"GLOG_minloglevel": "2"}
+_verbose = False  # "PyTorch version ... available." (datasets.config, imported by paddlenlp)
 SEED_LIMIT = 2**32  # numpy's and Paddle's seeds are unsigned 32-bit
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # pipelines.grid.FORMATS
 
@@ -70,13 +75,22 @@ def quiet():
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def quiet_native_warnings():
+    """Hide Paddle's C++ warnings for the rest of this process unless --verbose; call before importing paddle, in a
+    tool whose known native output is noise (the export's tracing)."""
+    if not _verbose:
+        for name, value in NATIVE_LOG_LEVEL.items():
+            os.environ.setdefault(name, value)
+
+
 def run(main, argv=None, user_errors=()):
     """Call `main(argv)` and return its exit code; a user error becomes one line on stderr and exit code 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
-    verbose = "--verbose" in argv
+    global _verbose
+    _verbose = "--verbose" in argv
     argv = [a for a in argv if a not in ("--debug", "--verbose")]
-    if not verbose:
+    if not _verbose:
         quiet()
     try:
         code = main(argv)
