@@ -146,7 +146,7 @@ def _graph_specs(pipe, resolutions, max_sequence_length, clip_length, vae):
     }
 
 
-def load_pipeline(model_dir, dtype="float32", lora=None, lora_scale=1.0, lora_alpha=None):
+def load_pipeline(model_dir, dtype="auto", lora=None, lora_scale=1.0, lora_alpha=None):
     """`FluxPipeline` from a diffusers-layout folder, with the LoRA (if any) fused into the transformer weights and
     the adapter layers removed, so the traced graph holds plain Linear layers."""
     from ..pipelines import FluxPipeline
