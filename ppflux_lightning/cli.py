@@ -200,7 +200,7 @@ def warn_truncation(pipe, prompts, max_sequence_length=None):
     for prompt in prompts:
         for name, tokenizer, limit in (("CLIP", pipe.tokenizer, pipe.tokenizer.model_max_length),
                                        ("T5", pipe.tokenizer_2, t5_len)):
-            count = len(tokenizer(prompt)["input_ids"])
+            count = len(tokenizer.tokenize(prompt)) + tokenizer.num_special_tokens_to_add(pair=False)
             if count > limit:
                 print(f"warning: prompt {prompt[:40]!r}... is {count} {name} tokens; only the first {limit} are used",
                       file=sys.stderr)

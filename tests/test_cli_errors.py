@@ -499,3 +499,17 @@ def test_a_poisoned_batch_stops_training_and_keeps_the_last_checkpoint(tiny_trai
         trainer.train()
     assert [s for s, _ in ckpt.list_checkpoints(out)] == [2] and _finite_checkpoint(out, 2)
     assert not os.path.exists(os.path.join(out, FINAL_LORA))
+
+
+def test_a_prompt_longer_than_the_encoders_read_is_announced(capsys):
+    from types import SimpleNamespace
+
+    from paddlenlp.transformers import CLIPTokenizer, T5Tokenizer
+
+    pipe = SimpleNamespace(tokenizer=CLIPTokenizer.from_pretrained(os.path.join(TOY, "tokenizer")),
+                           tokenizer_2=T5Tokenizer.from_pretrained(os.path.join(TOY, "tokenizer_2")),
+                           default_max_sequence_length=16)
+    cli.warn_truncation(pipe, ["a red circle"])
+    assert capsys.readouterr().err == ""
+    cli.warn_truncation(pipe, ["a red circle at the top left and a blue square at the bottom right"])
+    assert "T5 tokens; only the first 16 are used" in capsys.readouterr().err
