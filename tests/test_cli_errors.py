@@ -382,12 +382,13 @@ def test_atomic_dir_replaces_only_our_folder_and_only_when_asked(tmp_path, monke
     foreign.mkdir()
     (foreign / "keep.txt").write_text("mine")
     (tmp_path / "file.txt").write_text("mine")
-    monkeypatch.chdir(foreign)
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
     cases = [(foreign, "was not written by ppflux_lightning"), (tmp_path / "file.txt", "is not a folder"),
              (tmp_path, "working directory"), (foreign / "sub", "is inside")]
     for path, message in cases:
         with pytest.raises(OutputExistsError, match=message):
-            with atomic.atomic_dir(str(path), overwrite=True, ours=lambda p: True, protect=[str(foreign)]
+            with atomic.atomic_dir(str(path), overwrite=True, ours="deploy.yaml", protect=[str(foreign)]
                                    if path == foreign / "sub" else ()):
                 pass
     assert (foreign / "keep.txt").read_text() == "mine" and (tmp_path / "file.txt").read_text() == "mine"
