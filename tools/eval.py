@@ -75,7 +75,9 @@ def parse_args(argv=None):
 
 
 def is_eval_output(path):
-    return has_marker(path, "eval") or os.path.isfile(os.path.join(path, "metrics.json"))
+    """A folder this tool wrote: our marker, metrics, or a toy feature network (eval.features.TASK_FEATURES_CONFIG)."""
+    return has_marker(path, "eval") or any(os.path.isfile(os.path.join(path, name))
+                                           for name in ("metrics.json", "task_features.json"))
 
 
 def check_args(args):
