@@ -513,7 +513,8 @@ def test_a_prompt_longer_than_the_encoders_read_is_announced(capsys):
     capsys.readouterr()  # whatever importing paddle printed
     cli.warn_truncation(pipe, ["a red circle"])
     assert "warning:" not in capsys.readouterr().err
-    cli.warn_truncation(pipe, ["a red circle at the top left and a blue square at the bottom right"])
+    cli.warn_truncation(pipe, ["a red circle at the top left and a blue square at the bottom right and a green "
+                              "triangle in the middle of the image"])  # 41 toy T5 tokens
     assert "T5 tokens; only the first 16 are used" in capsys.readouterr().err
 
 
