@@ -1,10 +1,13 @@
 """What every command-line tool shares: one-line errors for a user's mistake, quiet third-party output, and
 declarative argument checks that run before any model (or Paddle) is loaded.
 
-    def main(argv=None):
+    def _main(argv):
         args = cli.parser(__doc__).parse_args(argv) ...; cli.number("--steps", args.steps, min=1) ...
+        (import paddle and load models only now)
+    def main(argv=None):
+        return cli.run(_main, argv)
     if __name__ == "__main__":
-        sys.exit(cli.run(main))
+        sys.exit(main())
 
 `run` turns a `UserError` (bad option, config, input file, output path; `utils/errors.py`) or a missing file into
 `error: <message>` on stderr and exit code 2; `--debug` or `PPFLUX_DEBUG=1` shows the traceback instead. Any other
@@ -33,10 +36,10 @@ NOISY_WARNINGS = (
     "Tensor do not have 'place' interface",  # tracing paddlenlp's T5 for export
     "Find variable `features` defined in global scope",  # dy2static on the block loop's feature list (export)
 )
-NOISY_LOGGERS = ("datasets",)
+NOISY_LOGGERS = ("datasets",)  # "PyTorch version ... available." (datasets.config, imported by paddlenlp)
 # Paddle's C++ (glog) warnings: tracing paddlenlp's CLIP prints PIR's "not support input out tensor for now!!!!!".
 NATIVE_LOG_LEVEL = {"GLOG_minloglevel": "2"}
-_verbose = False  # "PyTorch version ... available." (datasets.config, imported by paddlenlp)
+_verbose = False  # set by `run` from --verbose
 SEED_LIMIT = 2**32  # numpy's and Paddle's seeds are unsigned 32-bit
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # pipelines.grid.FORMATS
 
@@ -83,7 +86,7 @@ def quiet_native_warnings():
             os.environ.setdefault(name, value)
 
 
-def run(main, argv=None, user_errors=()):
+def run(main, argv=None):
     """Call `main(argv)` and return its exit code; a user error becomes one line on stderr and exit code 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
@@ -94,7 +97,7 @@ def run(main, argv=None, user_errors=()):
         quiet()
     try:
         code = main(argv)
-    except USER_ERRORS + tuple(user_errors) as e:
+    except USER_ERRORS as e:
         if debug:
             raise
         message = " ".join(str(e).split()) or type(e).__name__
