@@ -135,12 +135,6 @@ def multiple_of(option, value, multiple):
     return value
 
 
-def choice(option, value, choices):
-    if value not in choices:
-        raise UserError(f"{option} must be one of {', '.join(map(str, choices))}, got {value!r}")
-    return value
-
-
 def existing_file(option, path):
     if path is not None and not os.path.isfile(path):
         what = "is a folder, not a file" if os.path.isdir(path) else "not found"
