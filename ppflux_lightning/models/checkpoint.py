@@ -88,7 +88,7 @@ def torch_layout_state(model):
 
 def save_diffusers_folder(model, path, config, max_shard_bytes=None):
     tensors, bf16 = torch_layout_state(model)
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, overwrite=True, ours="config.json") as tmp:  # save_pretrained replaces a model folder
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
         save_torch_layout(tensors, tmp, WEIGHTS_NAME, bf16, max_shard_bytes)

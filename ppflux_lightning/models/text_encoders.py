@@ -142,7 +142,7 @@ def save_text_encoder(model, folder, max_shard_bytes=None):
         raise TypeError(f"cannot save a {type(model).__name__} as a text encoder (CLIPTextModel or T5EncoderModel)")
     config = dict(getattr(model, "hf_config", None) or model.config.to_dict())
     config["torch_dtype"] = str(model.parameters()[0].dtype).replace("paddle.", "")
-    with atomic_dir(folder) as tmp:
+    with atomic_dir(folder, overwrite=True, ours="config.json") as tmp:  # save_pretrained replaces a model folder
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
         save_torch_layout(tensors, tmp, WEIGHTS_NAME, bf16=bf16, max_shard_bytes=max_shard_bytes)

@@ -57,7 +57,7 @@ def save_vae(vae, folder, max_shard_bytes=None):
     config.update({k: v for k, v in dict(vae.config).items() if not k.startswith("_") and v is not None})
     config = {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
     tensors, bf16 = torch_layout_arrays(vae)
-    with atomic_dir(folder) as tmp:
+    with atomic_dir(folder, overwrite=True, ours="config.json") as tmp:  # save_pretrained replaces a model folder
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
         save_torch_layout(tensors, tmp, WEIGHTS_NAME, bf16=bf16, max_shard_bytes=max_shard_bytes)
