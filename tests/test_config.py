@@ -1,6 +1,7 @@
 """Config loading: _BASE_ chains, overrides, schema validation, save round trip, registry."""
 
 import os
+import re
 
 import pytest
 import yaml
@@ -166,3 +167,25 @@ def test_registry_build_and_errors():
         reg.build({"type": "Box", "size": 1, "weight": 2})
     with pytest.raises(KeyError, match="already registered"):
         reg.register(Box)
+
+
+def test_every_shipped_config_passes_the_range_checks_and_nonsense_is_named():
+    import glob
+
+    from ppflux_lightning.engine.ranges import check_ranges
+    from ppflux_lightning.engine.schema import DEFAULTS
+
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+    paths = sorted(glob.glob(os.path.join(root, "**", "*.yaml"), recursive=True))
+    assert paths
+    for path in paths:
+        check_ranges(load_config(path, schema=DEFAULTS))
+    base = os.path.join(root, "flux_lightning_tiny.yaml")
+    for override, message in (("train.lr=.nan", "'train.lr' must be a finite number, got nan"),
+                              ("train.max_steps=0", "'train.max_steps' must be >= 1, got 0"),
+                              ("train.seed=4294967296", "'train.seed' must be <= 4294967295"),
+                              ("objectives.reflow.weight=-0.5", "'objectives.reflow.weight' must be >= 0"),
+                              ("train.betas=[0.9]", "'train.betas' must be two numbers"),
+                              ("train.min_lr_ratio=2", "'train.min_lr_ratio' must be <= 1")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            check_ranges(load_config(base, [override], schema=DEFAULTS))

@@ -1,12 +1,12 @@
-"""Build the toy FLUX (`python tools/build_toy.py [--out assets/toy/flux-toy] [--quick] [--seed 0] [--nproc 2]`).
+"""Build the toy FLUX (`python tools/build_toy.py [--out DIR] [--overwrite] [--quick] [--seed 0] [--nproc 2]`).
 
 Trains the toy VAE and teacher on the synthetic shapes task (`ppflux_lightning.toy.task`) and writes a
 diffusers-layout FLUX folder, a sample grid and a JSON build report. `--nproc N` runs the training steps data-parallel
 in N CPU processes through `paddle.distributed.launch` (Paddle's CPU kernels here use one core per process); the
-result equals the one-process build up to float summation order.
+result equals the one-process build up to float summation order. An existing toy model folder (the committed
+`assets/toy/flux-toy` too) is replaced only with `--overwrite`; any other existing folder is refused.
 """
 
-import argparse
 import json
 import os
 import shutil
@@ -14,14 +14,18 @@ import subprocess
 import sys
 import tempfile
 
-import ppflux_lightning  # noqa: F401  (before paddle: sets the MKL switch)
-from ppflux_lightning.toy.build import BuildSettings, build_toy
-from ppflux_lightning.utils.atomic import atomic_file
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ppflux_lightning import cli  # noqa: E402  (before paddle: sets the MKL switch)
+from ppflux_lightning.utils.atomic import atomic_file, check_output_dir  # noqa: E402
+
+TOY_CONFIG_NAME = "toy_world.json"  # ppflux_lightning.toy.build.TOY_CONFIG_NAME: marks a toy model folder
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="assets/toy/flux-toy", help="pipeline folder to write (replaced whole)")
+def _main(argv):
+    parser = cli.parser(__doc__)
+    parser.add_argument("--out", default="assets/toy/flux-toy", help="pipeline folder to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing toy model folder")
     parser.add_argument("--quick", action="store_true", help="tiny schedules: an end-to-end check in 1-2 minutes")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vae-steps", type=int, default=None, help="override the VAE's training steps")
@@ -29,10 +33,18 @@ def main(argv=None):
     parser.add_argument("--guidance-steps", type=int, default=None, help="override the guidance-distillation steps")
     parser.add_argument("--nproc", type=int, default=1, help="data-parallel CPU processes (paddle.distributed.launch)")
     args = parser.parse_args(argv)
-    if args.nproc < 1:
-        parser.error(f"--nproc must be >= 1, got {args.nproc}")
+    cli.number("--nproc", args.nproc, min=1, max=os.cpu_count() or 1)
+    cli.seed("--seed", args.seed)
+    for option in ("--vae-steps", "--teacher-steps", "--guidance-steps"):
+        cli.number(option, getattr(args, option[2:].replace("-", "_")), min=1)
+    out = args.out.rstrip("/")
+    check_output_dir(out, args.overwrite, TOY_CONFIG_NAME, option="--out")
+    for path in (out + "-samples.png", out + "-report.json"):
+        cli.output_file("--out", path)
     if args.nproc > 1 and "PADDLE_TRAINER_ID" not in os.environ:
-        return _launch(args.nproc, sys.argv[1:] if argv is None else argv)
+        return _launch(args.nproc, argv)
+    from ppflux_lightning.toy.build import BuildSettings, build_toy
+
     settings = BuildSettings.quick(args.seed) if args.quick else BuildSettings(seed=args.seed)
     if args.vae_steps is not None:
         settings.vae_steps = args.vae_steps
@@ -41,7 +53,6 @@ def main(argv=None):
         if value is not None:
             setattr(settings.teacher, name.replace("teacher_", ""), value)
     settings.teacher.__post_init__()  # re-check the overridden schedule
-    out = args.out.rstrip("/")
     report = build_toy(out, settings, samples_path=out + "-samples.png")
     if report is None:  # not process 0 of a data-parallel build
         return 0
@@ -69,6 +80,11 @@ def _launch(nproc, argv):
     else:
         shutil.rmtree(log_dir, ignore_errors=True)
     return code
+
+
+def main(argv=None):
+    """Exit code 0, or 2 with one line on stderr for a user's mistake (see ppflux_lightning.cli)."""
+    return cli.run(_main, argv)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import ppflux_lightning  # noqa: E402,F401  (before paddle: sets the MKL switch)
-from ppflux_lightning.eval import evaluate  # noqa: E402
-from ppflux_lightning.eval.image_io import load_images, read_prompts  # noqa: E402
+from ppflux_lightning import cli  # noqa: E402  (before paddle: sets the MKL switch)
+from ppflux_lightning.utils.atomic import check_output_dir, has_marker  # noqa: E402
+from ppflux_lightning.utils.device import DTYPES  # noqa: E402
+from ppflux_lightning.utils.files import check_pipeline_folder  # noqa: E402
 
 
 def add_sampling_args(p):
@@ -35,7 +36,7 @@ def add_sampling_args(p):
     p.add_argument("--height", type=int, help="default: the toy model's size, else 1024")
     p.add_argument("--width", type=int)
     p.add_argument("--guidance", type=float, help="default: the toy model's, else 3.5")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bfloat16 on a bf16 GPU, else float32")
 
 
 def add_metric_args(p):
@@ -76,10 +77,50 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def load_pipeline(args):
-    from ppflux_lightning.pipelines import FluxPipeline
+def is_eval_output(path):
+    """A folder this tool wrote: our marker, metrics, or a toy feature network (eval.features.TASK_FEATURES_CONFIG)."""
+    return has_marker(path, "eval") or any(os.path.isfile(os.path.join(path, name))
+                                           for name in ("metrics.json", "task_features.json"))
 
-    pipe = FluxPipeline.from_pretrained(args.model, dtype=args.dtype)
+
+def check_args(args):
+    """Every check that needs no model: runs before Paddle is imported."""
+    if args.command in ("generate", "run"):
+        info = check_pipeline_folder(args.model)
+        cli.existing_file("--lora", args.lora)
+        cli.number("--lora-scale", args.lora_scale)
+        cli.number("--steps", args.steps, min=1, max=1000)
+        cli.seed("--seed", args.seed)
+        for option in ("height", "width"):
+            if getattr(args, option) is not None:
+                cli.multiple_of(f"--{option}", getattr(args, option), 2 * info["vae_scale_factor"])
+        cli.number("--guidance", args.guidance, min=0)
+        cli.existing_file("--prompts", args.prompts)
+        cli.number("--limit", args.limit, min=1)
+    if args.command == "run":
+        cli.number("--reference-steps", args.reference_steps, min=1, max=1000)
+    if args.command == "score":
+        cli.existing_dir("--images", args.images)
+        cli.existing_file("--prompts", args.prompts)
+        if args.features and not args.reference:
+            raise cli.UserError("--features computes FID against --reference: pass the reference image folder")
+    if args.command in ("score", "run"):
+        cli.existing_dir("--reference", args.reference)
+        cli.existing_dir("--clip", args.clip)
+    if args.command == "train-features":
+        cli.number("--steps", args.steps, min=1)
+        cli.number("--image-size", args.image_size, above=0)
+        cli.seed("--seed", args.seed)
+    inputs = [getattr(args, name, None) for name in ("model", "images", "reference", "prompts", "lora")]
+    check_output_dir(args.out, True, is_eval_output, protect=inputs, option="--out")
+
+
+def load_pipeline(args):
+    from ppflux_lightning.eval import evaluate
+    from ppflux_lightning.pipelines import FluxPipeline
+    from ppflux_lightning.utils.device import resolve_dtype
+
+    pipe = FluxPipeline.from_pretrained(args.model, dtype=resolve_dtype(args.dtype, "--dtype"))
     defaults = evaluate.sampling_defaults(args.model)
     sampling = {"height": args.height or defaults["height"], "width": args.width or defaults["width"],
                 "guidance_scale": defaults["guidance_scale"] if args.guidance is None else args.guidance,
@@ -88,6 +129,8 @@ def load_pipeline(args):
 
 
 def sample(pipe, sampling, args, prompts, out_dir, steps, lora):
+    from ppflux_lightning.eval import evaluate
+
     settings = {"model": os.path.abspath(args.model), "lora": os.path.abspath(lora) if lora else None,
                 "lora_scale": args.lora_scale if lora else None}
     if lora:
@@ -100,6 +143,8 @@ def sample(pipe, sampling, args, prompts, out_dir, steps, lora):
 
 
 def score(args, images, prompts, reference, toy=False, image_size=None):
+    from ppflux_lightning.eval import evaluate
+
     features = args.features or (f"task:{os.path.join(args.out, 'task_features')}" if toy else None)
     feature_fn = evaluate.load_feature_fn(features, image_size=image_size) if features and reference is not None \
         else None
@@ -115,40 +160,48 @@ def score(args, images, prompts, reference, toy=False, image_size=None):
     return metrics
 
 
-def main(argv=None):
+def _main(argv):
     args = parse_args(argv)
-    try:
-        if args.command == "train-features":
-            from ppflux_lightning.eval.features import train_task_features
+    check_args(args)
+    with cli.output_folder(args.out, "eval"):
+        run_command(args)
 
-            extra = {"image_size": args.image_size} if args.image_size else {}
-            accuracy = train_task_features(args.out, steps=args.steps, seed=args.seed, **extra)
-            print(json.dumps({"out": args.out, "cell_accuracy": accuracy}))
-        elif args.command == "generate":
-            pipe, sampling, _ = load_pipeline(args)
-            prompts = read_prompts(args.prompts, args.limit)
-            sample(pipe, sampling, args, prompts, args.out, args.steps, args.lora)
-            print(f"wrote {len(prompts)} images to {args.out}")
-        elif args.command == "score":
-            if args.features and not args.reference:
-                raise ValueError("--features computes FID against --reference: pass the reference image folder")
-            prompts = read_prompts(args.prompts or os.path.join(args.images, "prompts.txt"))
-            images = load_images(args.images, len(prompts))
-            reference = load_images(args.reference, len(prompts)) if args.reference else None
-            score(args, images, prompts, reference)
+
+def run_command(args):
+    from ppflux_lightning.eval.image_io import load_images, read_prompts
+
+    if args.command == "train-features":
+        from ppflux_lightning.eval.features import train_task_features
+
+        extra = {"image_size": args.image_size} if args.image_size else {}
+        accuracy = train_task_features(args.out, steps=args.steps, seed=args.seed, **extra)
+        print(json.dumps({"out": args.out, "cell_accuracy": accuracy}))
+    elif args.command == "generate":
+        pipe, sampling, _ = load_pipeline(args)
+        prompts = read_prompts(args.prompts, args.limit)
+        sample(pipe, sampling, args, prompts, args.out, args.steps, args.lora)
+        print(f"wrote {len(prompts)} images to {args.out}")
+    elif args.command == "score":
+        prompts = read_prompts(args.prompts or os.path.join(args.images, "prompts.txt"))
+        images = load_images(args.images, len(prompts))
+        reference = load_images(args.reference, len(prompts)) if args.reference else None
+        score(args, images, prompts, reference)
+    else:
+        pipe, sampling, toy = load_pipeline(args)
+        prompts = read_prompts(args.prompts, args.limit)
+        images = sample(pipe, sampling, args, prompts, os.path.join(args.out, "student"), args.steps, args.lora)
+        if args.reference:
+            reference = load_images(args.reference, len(prompts))
         else:
-            pipe, sampling, toy = load_pipeline(args)
-            prompts = read_prompts(args.prompts, args.limit)
-            images = sample(pipe, sampling, args, prompts, os.path.join(args.out, "student"), args.steps, args.lora)
-            if args.reference:
-                reference = load_images(args.reference, len(prompts))
-            else:
-                reference = sample(pipe, sampling, args, prompts, os.path.join(args.out, "teacher"),
-                                   args.reference_steps, None)
-            score(args, images, prompts, reference, toy, sampling["height"] if toy else None)
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from None
+            reference = sample(pipe, sampling, args, prompts, os.path.join(args.out, "teacher"),
+                               args.reference_steps, None)
+        score(args, images, prompts, reference, toy, sampling["height"] if toy else None)
+
+
+def main(argv=None):
+    """Exit code 0, or 2 with one line on stderr for a user's mistake (see ppflux_lightning.cli)."""
+    return cli.run(_main, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

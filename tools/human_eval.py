@@ -15,10 +15,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import ppflux_lightning  # noqa: E402,F401  (before paddle: sets the MKL switch)
+from ppflux_lightning import cli  # noqa: E402  (before paddle: sets the MKL switch)
 from ppflux_lightning.eval import human_eval  # noqa: E402
 from ppflux_lightning.eval.image_io import read_prompts  # noqa: E402
 from ppflux_lightning.utils.atomic import atomic_file  # noqa: E402
+from ppflux_lightning.utils.files import read_json_object  # noqa: E402
 
 
 def parse_models(items):
@@ -26,14 +27,15 @@ def parse_models(items):
     for item in items:
         name, sep, folder = item.partition("=")
         if not sep or not name or not folder:
-            raise SystemExit(f"--models entries must look like name=FOLDER, got {item!r}")
+            raise cli.UserError(f"--models entries must look like name=FOLDER, got {item!r}")
         if name in models:
-            raise SystemExit(f"model name {name!r} given twice")
+            raise cli.UserError(f"--models: model name {name!r} given twice")
+        cli.existing_dir(f"--models {name}", folder)
         models[name] = folder
     return models
 
 
-def main(argv=None):
+def _main(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     make = sub.add_parser("make", help="write the rating page")
@@ -51,27 +53,31 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     if args.command == "make":
-        try:
-            prompts = read_prompts(args.prompts, args.limit)
-            key = human_eval.make_page(parse_models(args.models), prompts, args.out, args.seed, args.display_size,
-                                       args.title)
-        except (ValueError, FileNotFoundError) as err:
-            raise SystemExit(f"error: {err}") from None
+        cli.number("--limit", args.limit, min=1)
+        cli.seed("--seed", args.seed)
+        cli.number("--display-size", args.display_size, min=16, max=4096)
+        models = parse_models(args.models)
+        folders = list(models.values()) + [args.prompts]
+        cli.output_file("--out", args.out, (".html", ".htm"), protect=folders)
+        cli.output_file("--out", human_eval.key_path(args.out), protect=folders)
+        prompts = read_prompts(args.prompts, args.limit)
+        key = human_eval.make_page(models, prompts, args.out, args.seed, args.display_size, args.title)
         print(f"wrote {args.out} ({len(prompts)} prompts x {len(key)} models); keep {human_eval.key_path(args.out)}")
         return
-    try:
-        key = None
-        if args.key:
-            with open(args.key, encoding="utf-8") as f:
-                key = json.load(f)
-        results = human_eval.aggregate(human_eval.read_ratings(args.csv), key)
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from None
+    if args.json:
+        cli.output_file("--json", args.json, (".json",), protect=args.csv + [args.key])
+    key = read_json_object(args.key, "--key file") if args.key else None
+    results = human_eval.aggregate(human_eval.read_ratings(args.csv), key)
     print(human_eval.markdown_table(results), end="")
     if args.json:
         with atomic_file(args.json) as tmp, open(tmp, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=2)
 
 
+def main(argv=None):
+    """Exit code 0, or 2 with one line on stderr for a user's mistake (see ppflux_lightning.cli)."""
+    return cli.run(_main, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

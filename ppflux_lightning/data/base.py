@@ -4,6 +4,7 @@ import logging
 
 import paddle
 
+from ..utils.errors import DataError
 from .transforms import BadRecord
 
 logger = logging.getLogger(__name__)
@@ -50,4 +51,9 @@ class SkippingDataset(paddle.io.Dataset):
             if sample is not None:
                 sample["skipped"] = int(step > 0)
                 return sample
-        raise RuntimeError(f"{type(self).__name__}: all {n} records are bad")
+        raise DataError(f"all {n} records of {self.describe()} are bad (see the warnings above): nothing to train on")
+
+    def describe(self):
+        """The dataset in an error message: its type and source path."""
+        path = getattr(self, "source_path", None) or getattr(self, "root", None)
+        return f"the {type(self).__name__}" + (f" at {path!r}" if path else "")

@@ -10,12 +10,14 @@ Shard k covers source records `[k*shard_size, (k+1)*shard_size)`; bad source rec
 
 import json
 import os
+import shutil
 
 import numpy as np
 from tqdm import tqdm
 
-from ..utils.atomic import atomic_file
-from ..utils.errors import ConfigError
+from ..utils.atomic import atomic_file, check_output_dir, has_marker, write_marker
+from ..utils.errors import ConfigError, DataError
+from ..utils.files import read_json_object
 from ..utils.safetensors_io import SafetensorsFile, save_file
 from .base import SkippingDataset
 from .registry import DATASETS
@@ -25,6 +27,12 @@ INDEX_FILE = "index.json"
 FORMAT = "ppflux_lightning.embedding_cache"
 VERSION = 1
 DTYPES = ("float32", "bfloat16")
+MARKER_KIND = "embedding_cache"
+
+
+def is_cache_folder(path):
+    """A (possibly unfinished) embedding cache folder that `write_cache` may continue."""
+    return has_marker(path, MARKER_KIND) or os.path.isfile(os.path.join(path, INDEX_FILE))
 
 
 def shard_name(k):
@@ -38,8 +46,7 @@ def read_index(folder):
         raise FileNotFoundError(f"embedding cache folder not found: {folder!r}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{folder!r} has no {INDEX_FILE}: not a finished embedding cache")
-    with open(path, encoding="utf-8") as f:
-        index = json.load(f)
+    index = read_json_object(path, "embedding cache index")
     if index.get("format") != FORMAT or index.get("version") != VERSION:
         raise ConfigError(f"{path!r} is not a version-{VERSION} embedding cache index")
     return index
@@ -57,7 +64,10 @@ def write_cache(encode, dataset, out_dir, source, shard_size=64, batch_size=4, d
         raise ConfigError(f"cache dtype must be one of {DTYPES}, got {dtype!r}")
     if shard_size <= 0 or batch_size <= 0:
         raise ConfigError(f"shard_size and batch_size must be positive, got {shard_size!r}, {batch_size!r}")
+    check_output_dir(out_dir, True, is_cache_folder, option="embedding cache folder")
+    created = not os.path.isdir(out_dir)
     os.makedirs(out_dir, exist_ok=True)
+    write_marker(out_dir, MARKER_KIND)
     n = len(dataset)
     fingerprint = json.dumps({"source": source, "records": n, "dtype": dtype, "latents": with_latents,
                               "shard_size": shard_size, "extra": extra or {}}, sort_keys=True)
@@ -73,6 +83,11 @@ def write_cache(encode, dataset, out_dir, source, shard_size=64, batch_size=4, d
                 bar.update(len(indices))
             shards.append({"file": shard_name(k), "count": done["count"]})
             skipped += done["skipped"]
+    if not sum(s["count"] for s in shards):
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise DataError(f"all {n} records of the source dataset are bad (see the warnings above): nothing cached "
+                        f"in {out_dir!r}")
     index = {"format": FORMAT, "version": VERSION, "num_samples": sum(s["count"] for s in shards), "skipped": skipped,
              "shard_size": shard_size, "dtype": dtype, "has_latents": with_latents, "source": source,
              "shards": shards, **(extra or {})}
@@ -137,6 +152,8 @@ class CachedDataset(SkippingDataset):
             source.update(resolution=resolution, center_crop=center_crop, random_flip=random_flip, seed=seed)
             self.source = DATASETS.build(source)
         counts = [s["count"] for s in self.index["shards"]]
+        if not sum(counts):
+            raise DataError(f"embedding cache {path!r} holds no samples")
         self.shard_of = np.repeat(np.arange(len(counts)), counts)
         self.first = np.concatenate([[0], np.cumsum(counts)])[:-1]
         self._open = {}

@@ -34,6 +34,7 @@ class JsonlDataset(SkippingDataset):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"jsonl file not found: {path!r}")
         self.root = os.path.dirname(os.path.abspath(path))
+        self.source_path = path
         self.caption_key = caption_key
         self.transform = ImageTransform(resolution, center_crop, random_flip, seed)
         with open(path, encoding="utf-8", errors="replace") as f:

@@ -131,6 +131,7 @@ class LaionDataset(SkippingDataset):
         super().__init__()
         self.caption_key = caption_key
         self.transform = ImageTransform(resolution, center_crop, random_flip, seed)
+        self.source_path = path
         self.files = read_file_list(path)
         found = [cached_line_offsets(f) for f in tqdm(self.files, desc="indexing LAION files",
                                                        disable=len(self.files) < 8)]

@@ -8,7 +8,6 @@ into a freshly built trainer whatever names its parameters got.
 import json
 import os
 import pickle
-import re
 import shutil
 
 import numpy as np
@@ -16,40 +15,18 @@ import paddle
 
 from ..utils.atomic import atomic_dir
 from ..utils.errors import CheckpointError
+from ..utils.files import read_json_object, read_pickle
 from ..utils.safetensors_io import load_file, save_file
+from .output_dir import (  # noqa: F401  (public here: the checkpoint API)
+    STATE_FILE,
+    checkpoint_path,
+    is_training_output,
+    list_checkpoints,
+    prepare_output_dir,
+    resolve_resume,
+)
 
-STATE_FILE = "trainer_state.json"
 RNG_FILE = "rng_state.pkl"
-_DIR = re.compile(r"^checkpoint-(\d+)$")
-
-
-def checkpoint_path(output_dir, step):
-    return os.path.join(output_dir, f"checkpoint-{step}")
-
-
-def list_checkpoints(output_dir):
-    """[(step, path)] of complete checkpoints, oldest first."""
-    if not os.path.isdir(output_dir):
-        return []
-    found = []
-    for name in os.listdir(output_dir):
-        m = _DIR.match(name)
-        path = os.path.join(output_dir, name)
-        if m and os.path.isfile(os.path.join(path, STATE_FILE)):
-            found.append((int(m.group(1)), path))
-    return sorted(found)
-
-
-def resolve_resume(output_dir, resume):
-    """`latest` -> the newest checkpoint in `output_dir` (None if there is none); otherwise a checkpoint folder."""
-    if resume in (None, ""):
-        return None
-    if resume == "latest":
-        found = list_checkpoints(output_dir)
-        return found[-1][1] if found else None
-    if not os.path.isfile(os.path.join(resume, STATE_FILE)):
-        raise FileNotFoundError(f"resume path {resume!r} is not a checkpoint folder (no {STATE_FILE})")
-    return resume
 
 
 def _numpy(state):
@@ -84,7 +61,7 @@ def load_optimizer_state(optimizer, parameters, state):
 
 def save_checkpoint(path, tensors, trainer_state, config_text=None):
     """Write `{file stem: {key: tensor}}` as safetensors files plus the JSON trainer state, atomically."""
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, overwrite=True, ours=STATE_FILE) as tmp:
         for stem, state in tensors.items():
             save_file(_numpy(state), os.path.join(tmp, stem + ".safetensors"))
         with open(os.path.join(tmp, RNG_FILE), "wb") as f:  # GeneratorState pickles; paddle.save cannot load it
@@ -101,14 +78,14 @@ def load_checkpoint(path):
     state_path = os.path.join(path, STATE_FILE)
     if not os.path.isfile(state_path):
         raise CheckpointError(f"{path!r} is not a checkpoint (no {STATE_FILE})")
-    with open(state_path) as f:
-        state = json.load(f)
+    state = read_json_object(state_path, "trainer state")
     tensors = {name[: -len(".safetensors")]: load_file(os.path.join(path, name))
                for name in sorted(os.listdir(path)) if name.endswith(".safetensors")}
     rng_path = os.path.join(path, RNG_FILE)
     if os.path.isfile(rng_path):
-        with open(rng_path, "rb") as f:
-            rng = pickle.load(f)
+        rng = read_pickle(rng_path, "RNG state")
+        if not isinstance(rng, dict) or not {"paddle", "numpy"} <= set(rng):
+            raise CheckpointError(f"RNG state {rng_path!r} is not one this trainer wrote")
         paddle.set_rng_state(rng["paddle"])
         np.random.set_state(rng["numpy"])
     return state, tensors

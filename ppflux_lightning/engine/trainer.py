@@ -15,12 +15,15 @@ import yaml
 from tqdm import tqdm
 
 from .. import lora
+from ..data.loader import load_batches
 from ..data.registry import DATASETS
 from ..data.sampler import GlobalBatchSampler
 from ..models.flux_transformer import FluxTransformer2DModel
 from ..objectives import DistillationRecipe, sample_draws
 from ..objectives.solver import EulerSolver
 from ..schedulers.flow_match import FlowMatchEulerScheduler
+from ..utils import device
+from ..utils.atomic import write_marker
 from ..utils.errors import ConfigError
 from . import checkpoint as ckpt
 from . import distributed as dist
@@ -39,13 +42,7 @@ class TrainingDiverged(RuntimeError):
 
 def resolve_dtype(name):
     """`auto` -> bfloat16 on a GPU with native bf16 (compute capability >= 8), else float32."""
-    if name not in ("auto", "float32", "bfloat16"):
-        raise ConfigError(f"model.dtype must be auto, float32 or bfloat16, got {name!r}")
-    gpu_bf16 = paddle.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0 and \
-        paddle.device.cuda.get_device_capability()[0] >= 8
-    if name == "bfloat16" and not gpu_bf16:
-        raise ConfigError("model.dtype=bfloat16 needs a GPU with compute capability >= 8; use float32 on CPU")
-    return "bfloat16" if name == "auto" and gpu_bf16 else ("float32" if name == "auto" else name)
+    return device.resolve_dtype(name, "model.dtype", allowed=("auto", "float32", "bfloat16"))
 
 
 def check_required(cfg):
@@ -119,9 +116,7 @@ class Trainer:
         while True:
             epoch, offset = divmod(micro, per_epoch)
             self.sampler.set_epoch(epoch, offset)
-            loader = paddle.io.DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=collate,
-                                          num_workers=int(self.cfg.train.num_workers))
-            for batch in loader:
+            for batch in load_batches(self.dataset, self.sampler, collate, self.cfg.train.num_workers):
                 yield micro, batch
                 micro += 1
 
@@ -161,6 +156,7 @@ class Trainer:
         opt.set_lr(lr)
         opt.step()
         self.zero_grad()
+        check_finite_parameters(params, self.step, group, self.cfg.train.output_dir)
         self.step += 1
         return {**totals, f"lr_{group}": lr, f"grad_norm_{group}": norm}
 
@@ -173,6 +169,7 @@ class Trainer:
         t = self.cfg.train
         if dist.is_main():
             os.makedirs(t.output_dir, exist_ok=True)
+            write_marker(t.output_dir, "training")
             if self.config_text is not None:
                 with open(os.path.join(t.output_dir, "config.yaml"), "w", encoding="utf-8") as f:
                     f.write(self.config_text)
@@ -262,6 +259,19 @@ class Trainer:
         finally:
             self.model.train()
         self.log.images(self.step, "validation", [(np.clip(im, 0, 1) * 255).astype(np.uint8) for im in images])
+
+
+def check_finite_parameters(params, step, group, output_dir):
+    """Stop (TrainingDiverged) when an update made a trained parameter NaN or inf; the checkpoints on disk predate
+    it. One device sync: the sum of absolute values is finite only when every value is."""
+    if not params:
+        return
+    total = paddle.add_n([p.detach().astype("float32").abs().sum() for p in params])
+    if not math.isfinite(float(total)):
+        bad = next((p.name for p in params if not bool(paddle.isfinite(p.detach().astype("float32")).all())),
+                   "a trained parameter")
+        raise TrainingDiverged(f"parameter {bad!r} became NaN or inf at step {step} ({group} step; learning rate or "
+                               f"data blew up); stopped, the last checkpoint in {output_dir!r} is intact")
 
 
 def dump_config(cfg):

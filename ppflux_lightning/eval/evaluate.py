@@ -13,6 +13,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..utils.atomic import atomic_file
+from ..utils.errors import InputFileError
 from . import adherence as adherence_metric
 from .fid import extract_features, fid_from_features
 from .image_io import to_uint8, write_prompts
@@ -34,7 +35,7 @@ def generate_images(pipe, prompts, out_dir, steps, seed=0, height=1024, width=10
             previous = json.load(f)
         if previous != record:
             changed = sorted(k for k in set(previous) | set(record) if previous.get(k) != record.get(k))
-            raise ValueError(f"{out_dir} holds images made with other settings ({', '.join(changed)}); "
+            raise InputFileError(f"{out_dir} holds images made with other settings ({', '.join(changed)}); "
                              "choose another folder or delete it")
     with atomic_file(record_path) as tmp, open(tmp, "w") as f:
         json.dump(record, f, indent=2)
@@ -58,23 +59,27 @@ def generate_images(pipe, prompts, out_dir, steps, seed=0, height=1024, width=10
 def evaluate_images(images, prompts, reference=None, feature_fn=None, clip_scorer=None, toy_adherence=False):
     """Every metric the inputs allow, as a flat dict.
 
-    `fid` needs `reference` and `feature_fn`; `psnr`/`ssim` need a `reference` of the same shape (paired by index);
+    `fid` needs `reference` and `feature_fn`; `psnr`/`ssim` need a `reference` (paired by index, same size: another
+    size is an error, not a silently missing metric);
     `clip_score` needs `clip_scorer`; `adherence`/`adherence_exact` (fractions) need `toy_adherence` and task prompts.
     """
     if len(images) != len(prompts):
-        raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+        raise InputFileError(f"{len(images)} images but {len(prompts)} prompts")
     metrics = {"images": len(images)}
     if reference is not None:
         if len(reference) != len(images):
-            raise ValueError(f"{len(images)} images but {len(reference)} reference images")
+            raise InputFileError(f"{len(images)} images but {len(reference)} reference images")
+        if np.shape(reference) != np.shape(images):
+            raise InputFileError(f"the reference images are {np.shape(reference)[2]}x{np.shape(reference)[1]} and "
+                                 f"the images {np.shape(images)[2]}x{np.shape(images)[1]}: PSNR/SSIM compare pairs "
+                                 "of one size; resize one set or give a matching reference")
         if feature_fn is not None:
             metrics["fid"] = fid_from_features(extract_features(images, feature_fn, desc="features"),
                                                extract_features(reference, feature_fn, desc="reference features"))
-        if np.shape(reference) == np.shape(images):
-            a, b = _unit(images), _unit(reference)
-            metrics["psnr"] = float(np.mean(np.minimum(psnr(a, b), 100.0)))  # identical pairs count as 100 dB
-            if min(a.shape[1:3]) >= 11:
-                metrics["ssim"] = float(np.mean(ssim(a, b)))
+        a, b = _unit(images), _unit(reference)
+        metrics["psnr"] = float(np.mean(np.minimum(psnr(a, b), 100.0)))  # identical pairs count as 100 dB
+        if min(a.shape[1:3]) >= 11:
+            metrics["ssim"] = float(np.mean(ssim(a, b)))
     if clip_scorer is not None:
         metrics["clip_score"] = clip_scorer(images, prompts)
     if toy_adherence:
@@ -114,7 +119,7 @@ def load_feature_fn(spec, train_steps=500, image_size=None):
 
     kind, sep, path = spec.partition(":")
     if not sep or not path or kind not in ("fid-inception", "inception", "task"):
-        raise ValueError(f"feature network must be fid-inception:FILE, inception:FILE or task:FOLDER, got {spec!r}")
+        raise InputFileError(f"feature network must be fid-inception:FILE, inception:FILE or task:FOLDER, got {spec!r}")
     if kind == "fid-inception":
         from .fid_inception import FIDInceptionFeatures
 

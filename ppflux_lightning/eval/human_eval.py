@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ..utils.atomic import atomic_file
+from ..utils.errors import InputFileError
 from .image_io import list_images
 
 CSV_COLUMNS = ("reviewer", "prompt_index", "prompt", "model", "score")
@@ -80,7 +81,12 @@ _SCRIPT = """
 
 
 def _data_uri(path):
-    """PNG/JPEG bytes inlined as they are; other formats re-encoded as PNG."""
+    """PNG/JPEG bytes inlined as they are; other formats re-encoded as PNG. A file that is no image is an error."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (OSError, ValueError, SyntaxError) as e:
+        raise InputFileError(f"{path!r} is not a readable image ({e})") from None
     lower = path.lower()
     if lower.endswith(".png") or lower.endswith((".jpg", ".jpeg")):
         mime = "image/png" if lower.endswith(".png") else "image/jpeg"
@@ -99,14 +105,14 @@ def make_page(models, prompts, out_path, seed=0, display_size=256, title="Image 
     `models` maps a model name to a folder holding one image per prompt (sorted file order = prompt order).
     """
     if len(models) < 2:
-        raise ValueError(f"a comparison needs at least 2 models, got {len(models)}")
+        raise InputFileError(f"a comparison needs at least 2 models, got {len(models)}")
     if not prompts:
-        raise ValueError("no prompts to rate")
+        raise InputFileError("no prompts to rate")
     images = {}
     for name, folder in models.items():
         paths = list_images(folder)
         if len(paths) < len(prompts):
-            raise ValueError(f"model {name!r}: {folder} holds {len(paths)} images for {len(prompts)} prompts")
+            raise InputFileError(f"model {name!r}: {folder} holds {len(paths)} images for {len(prompts)} prompts")
         images[name] = paths[: len(prompts)]
     rng = np.random.default_rng(seed)
     names = list(models)
@@ -160,22 +166,26 @@ def read_ratings(paths):
             reader = csv.DictReader(f)
             missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
-                raise ValueError(f"{path} lacks the column(s) {', '.join(missing)}")
+                raise InputFileError(f"{path} lacks the column(s) {', '.join(missing)}")
             for line, row in enumerate(reader, start=2):
                 try:
                     score = float(row["score"])
                 except ValueError:
-                    raise ValueError(f"{path}:{line}: score {row['score']!r} is not a number") from None
+                    raise InputFileError(f"{path}:{line}: score {row['score']!r} is not a number") from None
                 if not SCALE[0] <= score <= SCALE[1]:
-                    raise ValueError(f"{path}:{line}: score {row['score']!r} is outside {SCALE[0]}-{SCALE[1]}")
+                    raise InputFileError(f"{path}:{line}: score {row['score']!r} is outside {SCALE[0]}-{SCALE[1]}")
                 ratings[(row["reviewer"], row["prompt_index"], row["model"])] = score
     if not ratings:
-        raise ValueError("the ratings files hold no ratings")
+        raise InputFileError("the ratings files hold no ratings")
     return [{"reviewer": r, "prompt_index": p, "model": m, "score": s} for (r, p, m), s in ratings.items()]
 
 
 def aggregate(rows, key=None):
     """Per-model mean (over all ratings), spread, per-reviewer means and rank (1 = best); models renamed by `key`."""
+    unknown = sorted({row["model"] for row in rows} - set(key)) if key else []
+    if unknown:
+        raise InputFileError(f"the ratings name model id(s) {unknown} that the key does not list ({sorted(key)}): "
+                             "wrong key file for these ratings?")
     key = key or {}
     by_model = {}
     for row in rows:

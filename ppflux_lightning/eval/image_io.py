@@ -5,13 +5,14 @@ Convention: a folder holds one image per prompt, and sorted file names give prom
 COCO captions file (`annotations` with `image_id` and `caption`: the first caption of each image, by image id).
 """
 
-import json
 import os
 
 import numpy as np
 from PIL import Image
 
 from ..utils.atomic import atomic_file
+from ..utils.errors import InputFileError
+from ..utils.files import read_json
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -22,7 +23,7 @@ def list_images(folder):
         raise FileNotFoundError(f"image folder not found: {folder}")
     paths = sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
     if not paths:
-        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
+        raise InputFileError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
     return paths
 
 
@@ -31,14 +32,22 @@ def load_images(folder, count=None):
     paths = list_images(folder)
     if count is not None:
         if len(paths) < count:
-            raise ValueError(f"{folder} holds {len(paths)} images, need {count}")
+            raise InputFileError(f"{folder} holds {len(paths)} images, need {count}")
         paths = paths[:count]
-    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    images = [_read_rgb(p) for p in paths]
     for path, image in zip(paths, images):
         if image.shape != images[0].shape:
-            raise ValueError(f"{path} is {image.shape[1]}x{image.shape[0]}, the folder's first image is "
+            raise InputFileError(f"{path} is {image.shape[1]}x{image.shape[0]}, the folder's first image is "
                              f"{images[0].shape[1]}x{images[0].shape[0]}")
     return np.stack(images)
+
+
+def _read_rgb(path):
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as e:
+        raise InputFileError(f"{path!r} is not a readable image ({e})") from None
 
 
 def to_uint8(image):
@@ -66,8 +75,7 @@ def read_prompts(path, limit=None):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"prompts file not found: {path}")
     if path.lower().endswith(".json"):
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = read_json(path, "prompts file")
         if isinstance(data, dict) and "annotations" in data:
             first = {}
             for ann in sorted(data["annotations"], key=lambda a: (a["image_id"], a.get("id", 0))):
@@ -76,12 +84,14 @@ def read_prompts(path, limit=None):
         elif isinstance(data, list) and all(isinstance(p, str) for p in data):
             prompts = data
         else:
-            raise ValueError(f"{path} is neither a JSON list of prompts nor a COCO captions file")
+            raise InputFileError(f"{path} is neither a JSON list of prompts nor a COCO captions file")
     else:
         with open(path, encoding="utf-8") as f:
             prompts = [line.strip() for line in f if line.strip()]
     if not prompts:
-        raise ValueError(f"no prompts in {path}")
+        raise InputFileError(f"no prompts in {path}")
+    if limit is not None and limit < 1:
+        raise InputFileError(f"the prompt limit must be >= 1, got {limit}")
     return prompts[:limit] if limit else prompts
 
 

@@ -22,8 +22,9 @@ from tqdm import tqdm
 from .. import __version__
 from ..models import vae as vae_io
 from ..pipelines.flux_pipeline import MAX_T5_LENGTH
-from ..utils.atomic import atomic_dir
+from ..utils.atomic import atomic_dir, check_output_dir
 from ..utils.errors import ConfigError
+from ..utils.files import DEPLOY_FILE, is_export_folder  # noqa: F401  (DEPLOY_FILE: public here too)
 from .graphs import (
     LatentDecoderGraph,
     PooledTextGraph,
@@ -33,7 +34,6 @@ from .graphs import (
 )
 
 FORMAT_VERSION = 1
-DEPLOY_FILE = "deploy.yaml"
 GRAPH_NAMES = ("text_encoder", "text_encoder_2", "transformer", "vae_decoder")
 TOKENIZER_NAMES = ("tokenizer", "tokenizer_2")
 GRAPH_PREFIX = "model"
@@ -146,7 +146,7 @@ def _graph_specs(pipe, resolutions, max_sequence_length, clip_length, vae):
     }
 
 
-def load_pipeline(model_dir, dtype="float32", lora=None, lora_scale=1.0, lora_alpha=None):
+def load_pipeline(model_dir, dtype="auto", lora=None, lora_scale=1.0, lora_alpha=None):
     """`FluxPipeline` from a diffusers-layout folder, with the LoRAs (if any: a file, or `parse_lora_specs` input
     for several) fused into the transformer weights at their weights and the adapter layers removed, so the traced
     graph holds plain Linear layers. `lora_scale` / `lora_alpha` apply to entries that do not set their own."""
@@ -169,11 +169,15 @@ def export_pipeline(
     max_sequence_length=None,
     sigmas=None,
     lora=None,
+    overwrite=False,
+    protect=(),
 ):
     """Trace and save `pipe`'s text encoders, transformer and VAE decoder into `output`, with its tokenizers and a
     `deploy.yaml`. `pipe` has diffusers' attribute names (transformer, vae, text_encoder(_2), tokenizer(_2),
     scheduler). Fuse any LoRA before calling; `lora` ([{"file", "weight", "alpha"}], the fused adapters) is only
-    recorded. Returns `output`."""
+    recorded. An existing `output` is replaced only when it is an export folder and `overwrite` is set; `protect`
+    lists inputs it must not touch (the source model). Returns `output`."""
+    check_output_dir(output, overwrite, is_export_folder, protect)
     if int(steps) < 1:
         raise ConfigError(f"steps must be >= 1, got {steps}")
     if max_sequence_length is None:  # the T5 tokenizer's model_max_length, at most 512 (16 for the toy model)
@@ -209,7 +213,7 @@ def export_pipeline(
         "prim_for_cinn": prim,
         "graphs": {name: {"inputs": _spec_dict(specs[name])} for name in GRAPH_NAMES},
     }
-    with atomic_dir(output) as tmp:
+    with atomic_dir(output, overwrite, is_export_folder, protect, marker="export") as tmp:
         for name in tqdm(GRAPH_NAMES, desc="export", unit="graph"):
             with paddle.no_grad():
                 save_graph(layers[name], specs[name], tmp, name)

@@ -31,8 +31,11 @@ def load_deploy_config(folder):
     path = os.path.join(folder, DEPLOY_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path!r} is missing: {folder!r} is not a deploy/export.py output folder")
-    with open(path) as f:
-        config = yaml.safe_load(f)
+    try:
+        with open(path) as f:
+            config = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path!r} is not valid YAML ({' '.join(str(e).split())})") from None
     version = config.get("format_version") if isinstance(config, dict) else None
     if version != FORMAT_VERSION:
         raise ConfigError(

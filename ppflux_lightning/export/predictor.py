@@ -7,6 +7,7 @@ import numpy as np
 import paddle
 from paddle import inference
 
+from ..utils.errors import CheckpointError
 from .export import GRAPH_PREFIX, cinn_requested
 
 PRECISIONS = {
@@ -75,7 +76,13 @@ class StaticGraph:
 
     def __init__(self, folder, **config_kwargs):
         self.folder = folder
-        self.predictor = inference.create_predictor(make_config(folder, **config_kwargs))
+        config = make_config(folder, **config_kwargs)
+        try:
+            self.predictor = inference.create_predictor(config)
+        except (RuntimeError, OSError, ValueError) as e:  # Paddle reports a truncated .pdiparams as RuntimeError
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"cannot load the exported graph in {folder!r}: truncated or corrupt "
+                                  f"{GRAPH_PREFIX}.json/.pdiparams ({first})") from None
         self.input_names = self.predictor.get_input_names()
         self.output_names = self.predictor.get_output_names()
 

@@ -7,11 +7,11 @@ Only names, row slices and config are decided here; the PyTorch -> Paddle layout
 """
 
 import dataclasses
-import json
 import os
 import re
 
 from ..utils.errors import CheckpointError
+from ..utils.files import read_json_object
 from ..utils.safetensors_io import SafetensorsFile
 from .flux_config import FluxConfig, default_axes_dims
 from .torch_weights import Rows, SwapHalves, weight_files
@@ -74,8 +74,7 @@ def open_checkpoint(path, config=None):
     config_file = None
     if config is None and os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")):
         config_file = os.path.join(path, "config.json")
-        with open(config_file) as f:
-            config = json.load(f)
+        config = read_json_object(config_file, "transformer config")
     if isinstance(config, FluxConfig):
         config = {k: v for k, v in config.to_dict().items() if not k.startswith("_")}
     config = dict(config or {})

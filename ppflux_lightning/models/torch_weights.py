@@ -343,7 +343,7 @@ def save_torch_layout(tensors, folder, weights_name, bf16=(), max_shard_bytes=No
 def save_model_folder(model, folder, config, weights_name, rename=lambda k: k, skip=(), max_shard_bytes=None):
     """Write `folder` atomically: `config.json` (the dict `config`) and the model's weights in PyTorch layout."""
     tensors, bf16 = torch_layout_arrays(model, rename=rename, skip=skip)
-    with atomic_dir(folder) as tmp:
+    with atomic_dir(folder, overwrite=True, ours="config.json") as tmp:  # save_pretrained replaces a model folder
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(config, f, indent=2)
         save_torch_layout(tensors, tmp, weights_name, bf16=bf16, max_shard_bytes=max_shard_bytes)

@@ -23,6 +23,8 @@ from ..models.latents import latent_image_ids, pack_latents, unpack_latents  # n
 from ..models.torch_weights import check_dtype
 from ..schedulers.flow_match import FlowMatchEulerScheduler
 from ..utils.atomic import atomic_dir
+from ..utils.device import resolve_dtype
+from ..utils.files import check_pipeline_folder
 
 MODEL_INDEX = {
     "_class_name": "FluxPipeline",
@@ -75,11 +77,12 @@ class FluxPipeline(FluxLoraLoaderMixin, CacheMixin):
 
     # ------------------------------------------------------------ I/O
     @classmethod
-    def from_pretrained(cls, path, dtype="float32"):
-        """Load a diffusers-layout FLUX folder (PyTorch-layout safetensors; T5 and transformer may be sharded)."""
+    def from_pretrained(cls, path, dtype="auto"):
+        """Load a diffusers-layout FLUX folder (PyTorch-layout safetensors; T5 and transformer may be sharded).
+        `dtype="auto"` is bfloat16 on a GPU with native bf16, else float32 (`utils.device.resolve_dtype`)."""
         from paddlenlp.transformers import CLIPTokenizer, T5Tokenizer
 
-        dtype = check_dtype(dtype)
+        dtype = resolve_dtype("auto", "dtype") if dtype == "auto" else check_dtype(dtype)
         if not os.path.isdir(path):
             raise FileNotFoundError(f"pipeline folder not found: {path!r}")
         if not os.path.isfile(os.path.join(path, "model_index.json")):
@@ -87,6 +90,7 @@ class FluxPipeline(FluxLoraLoaderMixin, CacheMixin):
         for name in SUBFOLDERS:
             if not os.path.isdir(os.path.join(path, name)):
                 raise FileNotFoundError(f"pipeline folder {path!r} has no {name}/ subfolder")
+        check_pipeline_folder(path, "pipeline")  # tokenizer files and JSON configs, each error naming its file
         sub = {name: os.path.join(path, name) for name in SUBFOLDERS}
         pipe = cls(
             transformer=FluxTransformer2DModel.from_pretrained(sub["transformer"], dtype=dtype),
@@ -102,7 +106,7 @@ class FluxPipeline(FluxLoraLoaderMixin, CacheMixin):
 
     def save_pretrained(self, path, max_shard_bytes=None):
         """Write a diffusers-layout folder that `from_pretrained` here and diffusers' FluxPipeline both load."""
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, overwrite=True, ours="model_index.json") as tmp:
             with open(os.path.join(tmp, "model_index.json"), "w") as f:
                 json.dump(MODEL_INDEX, f, indent=2)
             self.transformer.save_pretrained(os.path.join(tmp, "transformer"), max_shard_bytes=max_shard_bytes)
@@ -204,6 +208,8 @@ class FluxPipeline(FluxLoraLoaderMixin, CacheMixin):
             raise ValueError(f"output_type must be one of {list(OUTPUT_TYPES)}, got {output_type!r}")
         if num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}")
+        if not np.isfinite(guidance_scale):
+            raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale}")
         self.check_size(height, width)
         if prompt_embeds is None:
             prompt_embeds, pooled_prompt_embeds, text_ids = self.encode_prompt(prompt, max_sequence_length)

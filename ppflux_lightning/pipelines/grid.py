@@ -1,8 +1,11 @@
-"""Save one image, or several as a near-square grid, to a PNG (atomically)."""
+"""Save one image, or several as a near-square grid, to an image file (atomically; format from the suffix)."""
 
 import math
+import os
 
 from ..utils.atomic import atomic_file
+
+FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP"}
 
 
 def image_grid(images):
@@ -21,7 +24,8 @@ def image_grid(images):
 
 
 def save_image_grid(images, path):
+    """Write `images` to `path` in the format its suffix names (PNG for an unknown suffix)."""
     image = images[0] if len(images) == 1 else image_grid(images)
     with atomic_file(path) as tmp:
-        image.save(tmp, format="PNG")
+        image.save(tmp, format=FORMATS.get(os.path.splitext(path)[1].lower(), "PNG"))
     return path

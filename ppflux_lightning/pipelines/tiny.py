@@ -11,9 +11,10 @@ from ..models.text_encoders import build_clip_text_model, build_t5_encoder, save
 from ..models.vae import build_vae, save_vae
 from ..schedulers.flow_match import FlowMatchConfig, FlowMatchEulerScheduler
 from ..toy.tokenizers import make_clip_tokenizer, make_t5_tokenizer
-from ..utils.atomic import atomic_dir
+from ..utils.atomic import atomic_dir, has_marker
 from .flux_pipeline import MODEL_INDEX
 
+MARKER_KIND = "tiny_pipeline"
 TINY_CORPUS = (
     "a photo of a red cat sitting on a wooden chair",
     "a watercolor painting of snowy mountains at sunset",
@@ -49,10 +50,15 @@ def tiny_component_configs(clip_vocab, t5_vocab, guidance_embeds=True):
     return {"text_encoder": clip, "text_encoder_2": t5, "vae": vae, "transformer": transformer}
 
 
-def build_tiny_pipeline(out_dir, seed=0, guidance_embeds=True):
-    """Write a random tiny FLUX pipeline folder to `out_dir` (replaced whole, atomically) and return its path.
-    Same `seed` -> same weights. `guidance_embeds=False` makes a schnell-like transformer."""
-    with atomic_dir(out_dir) as tmp:
+def is_tiny_pipeline(path):
+    return has_marker(path, MARKER_KIND)
+
+
+def build_tiny_pipeline(out_dir, seed=0, guidance_embeds=True, overwrite=False):
+    """Write a random tiny FLUX pipeline folder to `out_dir` (atomically; an existing tiny pipeline is replaced
+    with `overwrite`) and return its path. Same `seed` -> same weights. `guidance_embeds=False` makes a
+    schnell-like transformer."""
+    with atomic_dir(out_dir, overwrite, is_tiny_pipeline, marker=MARKER_KIND) as tmp:
         clip_vocab = make_clip_tokenizer(os.path.join(tmp, "tokenizer"), TINY_CORPUS, vocab_size=640)
         t5_vocab = make_t5_tokenizer(os.path.join(tmp, "tokenizer_2"), TINY_CORPUS, vocab_size=96)
         configs = tiny_component_configs(clip_vocab, t5_vocab, guidance_embeds)

@@ -174,7 +174,7 @@ def build_toy(out_dir, settings: BuildSettings | None = None, samples_path=None)
         toy_config = {"image_size": settings.image_size, "max_sequence_length": max_len,
                       "guidance_scale": settings.guidance_scale, "num_inference_steps": settings.sample_steps,
                       "task": "ppflux_lightning.toy.task"}
-        with atomic_dir(out_dir) as tmp:
+        with atomic_dir(out_dir, overwrite=True, ours=TOY_CONFIG_NAME) as tmp:
             with open(os.path.join(tmp, "model_index.json"), "w") as f:
                 json.dump(MODEL_INDEX, f, indent=2)
             with open(os.path.join(tmp, TOY_CONFIG_NAME), "w") as f:

@@ -62,7 +62,7 @@ def write_train_data(folder, count, image_size, seed=0):
             if json.load(f) == spec:
                 return folder
     images, captions = task.sample_dataset(count, image_size, seed, split="train")
-    with atomic_dir(folder) as tmp:
+    with atomic_dir(folder, overwrite=True, ours=DATA_MARKER) as tmp:
         for i, (image, text) in enumerate(zip(images, captions)):
             Image.fromarray(image).save(os.path.join(tmp, f"{i:05d}.png"))
             with open(os.path.join(tmp, f"{i:05d}.txt"), "w", encoding="utf-8") as f:
@@ -127,7 +127,7 @@ def train_student(cfg):
                 return lora_path
     discard_stale_checkpoints(out, text)
     started = time.time()
-    Trainer(cfg, resume="latest", config_text=text).train()
+    Trainer(cfg, resume="auto", config_text=text).train()
     with atomic_file(marker) as tmp, open(tmp, "w") as f:
         json.dump({"config": text, "train_seconds": round(time.time() - started, 1)}, f)
     return lora_path
