@@ -178,6 +178,15 @@ CASES = [
     ("human-key-unknown-id", ["tools/human_eval.py", "score", "ratings.csv", "--key", "key.json"], "['m3']"),
     ("human-bad-score", ["tools/human_eval.py", "score", "ratings_bad.csv"], "'eleven'"),
     ("human-key-bad-json", ["tools/human_eval.py", "score", "ratings.csv", "--key", "bad.json"], "bad.json"),
+    # tools/convert_fid_inception.py, tools/inspect_checkpoint.py, tools/estimate_memory.py
+    ("convert-fid-missing", ["tools/convert_fid_inception.py", "nope.pth", "out/f.safetensors"], "'nope.pth'"),
+    ("convert-fid-suffix", ["tools/convert_fid_inception.py", "file.txt", "out/f.bin"], "'out/f.bin' must end in"),
+    ("convert-fid-over-src", ["tools/convert_fid_inception.py", "m/model_index.json", "m"], "'m' is a folder"),
+    ("inspect-missing", ["tools/inspect_checkpoint.py", "nope"], "'nope'"),
+    ("inspect-bad-config", ["tools/inspect_checkpoint.py", "m", "--config", "bad.json"], "bad.json"),
+    ("estimate-config-missing", ["tools/estimate_memory.py", "-c", "nope.yaml"], "'nope.yaml'"),
+    ("estimate-world-size", ["tools/estimate_memory.py", "-c", "cfg.yaml", "--world_size", "0"], "--world_size"),
+    ("estimate-unknown-key", ["tools/estimate_memory.py", "-c", "cfg.yaml", "-o", "train.bogus=1"], "train.bogus"),
     ("human-json-suffix", ["tools/human_eval.py", "score", "ratings.csv", "--json", "out/r.txt"], "'out/r.txt'"),
 ]
 # Cases whose check needs Paddle imported (still before any model loads).
@@ -189,6 +198,7 @@ SLOW = [
     ("deploy-incomplete-yaml", DEPLOY + ["--output", "out/d.png"], "lacks the keys"),
     ("eval-size-mismatch", ["tools/eval.py", "score", "--images", "imgs", "--reference", "imgs_small", "--prompts",
                             "prompts.txt", "--out", "out/s"], "24x24"),
+    ("inspect-not-flux", ["tools/inspect_checkpoint.py", "foreign"], "'foreign'"),
     ("cache-out-foreign", CACHE + ["--out", "foreign"], "'foreign' exists and was not written"),
 ]
 ALL = CASES + SLOW

@@ -13,8 +13,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import ppflux_lightning  # noqa: E402,F401  (before paddle: sets the MKL switch)
-from ppflux_lightning.utils.errors import CheckpointError  # noqa: E402
+from ppflux_lightning import cli  # noqa: E402  (before paddle: sets the MKL switch)
+from ppflux_lightning.utils.errors import CheckpointError, UserError  # noqa: E402
+
+SUFFIXES = (".pdparams", ".safetensors")
 
 
 def read_torch_state(path):
@@ -22,7 +24,7 @@ def read_torch_state(path):
     try:
         import torch
     except ImportError:
-        raise ValueError("reading a .pth file needs PyTorch, which is not installed: pip install torch "
+        raise UserError("reading a .pth file needs PyTorch, which is not installed: pip install torch "
                          "(only this converter needs it)") from None
     if not os.path.isfile(path):
         raise FileNotFoundError(f"FID Inception .pth file not found: {path}")
@@ -39,8 +41,8 @@ def convert(src, dst):
     """Read, rename, check against the network and write `dst` (.pdparams or .safetensors, atomically)."""
     from ppflux_lightning.eval import fid_inception
 
-    if not dst.endswith((".pdparams", ".safetensors")):
-        raise ValueError(f"output must end in .pdparams or .safetensors, got {dst}")
+    if not dst.endswith(SUFFIXES):
+        raise UserError(f"output must end in .pdparams or .safetensors, got {dst!r}")
     state = fid_inception.from_torch_names(read_torch_state(src))
     fid_inception.check_state(state, src)
     os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
@@ -58,21 +60,21 @@ def convert(src, dst):
     return len(state)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _main(argv):
+    parser = cli.parser(__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("src", help="pt_inception-2015-12-05-*.pth (pytorch-fid's FID weights)")
     parser.add_argument("dst", help="output .pdparams or .safetensors file")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
-    try:
-        count = convert(args.src, args.dst)
-    except (ValueError, FileNotFoundError) as err:
-        if args.debug:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    cli.existing_file("src", args.src)
+    cli.output_file("dst", args.dst, SUFFIXES, protect=[args.src])
+    count = convert(args.src, args.dst)
     print(f"wrote {count} tensors to {args.dst}")
 
 
+def main(argv=None):
+    """Exit code 0, or 2 with one line on stderr for a user's mistake (see ppflux_lightning.cli)."""
+    return cli.run(_main, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -185,8 +185,8 @@ class FluxTransformer2DModel(nn.Layer):
         """Write config.json + diffusion_pytorch_model.safetensors in diffusers layout (PyTorch `[out, in]`
         weights), atomically; sharded with an index when `max_shard_bytes` is given. LoRA adapters are not part
         of the checkpoint: fuse them first to bake them in, or save them with `lora.save_lora_weights`."""
-        unfused = [n for n, layer in self.named_sublayers() if getattr(layer, "lora_A", None) is not None
-                   and getattr(layer, "fused_scale", None) is None]
+        unfused = [n for n, layer in self.named_sublayers()  # LoRA layers with an adapter not fused into `weight`
+                   if len(getattr(layer, "fused_scales", ())) < len(getattr(layer, "adapters", ()))]
         if unfused:
             raise ValueError(
                 f"{len(unfused)} LoRA adapters (e.g. {unfused[0]!r}) are not fused: fuse_lora() to bake them into the "
