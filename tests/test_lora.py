@@ -260,7 +260,7 @@ def test_trainer_with_a_frozen_extra_adapter(tmp_path):
         Trainer(bad)
 
 
-def test_stacked_loras_on_the_command_line_and_in_export(tmp_path):
+def test_stacked_loras_on_the_command_line_and_in_export(tmp_path, monkeypatch):
     """`tools/infer.py --lora A:0.7 --lora B` == the Python API; export's load_pipeline fuses both at their weights;
     `deploy/export.py` passes them to export_pipeline (which writes them to deploy.yaml; tracing is test_deploy's)."""
     import importlib.util
@@ -315,11 +315,14 @@ def test_stacked_loras_on_the_command_line_and_in_export(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.safetensors"):
         load_pipeline(model_dir, lora=[files[0], "nope.safetensors:0.5"])
 
+    import ppflux_lightning.export
+
     export = tool("deploy/export.py", "export_multi")
     recorded = {}
-    export.export_pipeline = lambda pipe, output, resolutions, **kw: recorded.update(kw, pipe=pipe)  # no tracing
-    export.main(["--model", model_dir, "--output", str(tmp_path / "export"), "--lora", f"{files[0]}:0.7", "--lora",
-                 f"{files[1]}:0.4"])  # fmt: skip
+    monkeypatch.setattr(ppflux_lightning.export, "export_pipeline",  # no tracing: the tool imports it when it runs
+                        lambda pipe, output, resolutions, **kw: recorded.update(kw, pipe=pipe))
+    assert export.main(["--model", model_dir, "--output", str(tmp_path / "export"), "--lora", f"{files[0]}:0.7",
+                        "--lora", f"{files[1]}:0.4"]) == 0  # fmt: skip
     assert [(r["file"], r["weight"]) for r in recorded["lora"]] == [(files[0], 0.7), (files[1], 0.4)]
     np.testing.assert_allclose(recorded["pipe"].transformer(*args).numpy(), pipe.transformer(*args).numpy(),
                                rtol=1e-5, atol=1e-5)  # fmt: skip
