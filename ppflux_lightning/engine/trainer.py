@@ -19,6 +19,7 @@ from ..data.registry import DATASETS
 from ..data.sampler import GlobalBatchSampler
 from ..models.flux_transformer import FluxTransformer2DModel
 from ..objectives import GAUSSIAN, DistillationRecipe, sample_draws
+from ..objectives.recipe import RECIPE_CHANGES, RECIPE_VERSION
 from ..schedulers.flow_match import FlowMatchEulerScheduler
 from ..utils.errors import ConfigError
 from . import checkpoint as ckpt
@@ -209,7 +210,8 @@ class Trainer:
                 tensors[f"optimizer-{group}"] = ckpt.optimizer_state(opt, self.params[group])
             tensors = {k: v for k, v in tensors.items() if v}
             state = {"step": self.step, "seed": self.cfg.train.seed, "world_size": self.world,
-                     "groups": self.recipe.groups, "skipped_records": self.skipped}
+                     "groups": self.recipe.groups, "skipped_records": self.skipped,
+                     "recipe_version": RECIPE_VERSION, "objectives": self.recipe.names()}
             path = ckpt.checkpoint_path(self.cfg.train.output_dir, self.step)
             ckpt.save_checkpoint(path, tensors, state, self.config_text)
             ckpt.prune_checkpoints(self.cfg.train.output_dir, self.cfg.train.keep_last)
@@ -218,6 +220,8 @@ class Trainer:
 
     def load(self, path):
         state, tensors = ckpt.load_checkpoint(path)
+        shapes = {k: v.shape for k, v in lora.lora_state_dict(self.model).items()}
+        ckpt.check_resumable(path, state, tensors, shapes, self.recipe.names(), RECIPE_VERSION, RECIPE_CHANGES)
         lora.set_lora_state_dict(self.model, tensors["lora"])
         self.recipe.set_state_dict(tensors.get("objectives", {}))
         for group, opt in self.optimizers.items():

@@ -15,6 +15,13 @@ from .base import CORE_STREAMS, OBJECTIVES, StepContext, sample_draws
 from .solver import EulerSolver
 
 GROUP_ORDER = ("discriminator", "generator")
+# The version of the objectives' math, recorded in checkpoints; a checkpoint of another version does not resume.
+RECIPE_VERSION = 2
+RECIPE_CHANGES = {  # what changed from each older version (named in the resume error)
+    1: "phase ends sigmas[start] -> sigmas_prev[start], D head residual f -> h1, hinge G -mean(f) -> mean relu(1-f), "
+       "lsgan without -> with sigmoid, real/fake noise shared -> independent, DMD x0 -> velocity coefficient and "
+       "normaliser, reflow step consistent -> reference, D weight decay 0 -> 1e-3",
+}
 STUDENT_GROUP = "generator"  # the group whose optimizer also trains the student's own parameters (the LoRA)
 
 
