@@ -233,3 +233,21 @@ def test_old_double_block_lora_files_keep_loading(tmp_path):
               guidance=paddle.to_tensor([3.5]))
     with paddle.no_grad():
         np.testing.assert_allclose(fresh(x, **kw).numpy(), trained(x, **kw).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_optimizer_master_weights_round_trip_by_position():
+    """bf16 parameters train with fp32 master weights (GPU only: no bf16 AdamW kernel on CPU); the checkpoint stores
+    them by parameter position next to the moments, and loads them back under the new parameters' names."""
+    from types import SimpleNamespace
+
+    params = [SimpleNamespace(name="linear_7.w_0"), SimpleNamespace(name="linear_70.w_0")]
+    m0, m1 = paddle.to_tensor([1.0, 2.0]), paddle.to_tensor([3.0])
+    state = {"linear_7.w_0_moment1_0": paddle.to_tensor([0.5, 0.5]), "LR_Scheduler": {"last_epoch": 3},
+             "master_weights": {"linear_7.w_0": m0, "linear_70.w_0": m1}}
+    saved = ckpt.optimizer_state(SimpleNamespace(state_dict=lambda: state), params)
+    assert sorted(saved) == ["p0/master_weight", "p0/moment1_0", "p1/master_weight"]
+    loaded = {}
+    fresh = [SimpleNamespace(name="linear_1.w_0"), SimpleNamespace(name="linear_2.w_0")]
+    ckpt.load_optimizer_state(SimpleNamespace(set_state_dict=loaded.update), fresh, saved)
+    assert sorted(loaded) == ["linear_1.w_0_moment1_0", "master_weights"]
+    np.testing.assert_array_equal(loaded["master_weights"]["linear_2.w_0"].numpy(), [3.0])

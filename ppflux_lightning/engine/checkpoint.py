@@ -58,10 +58,18 @@ def _numpy(state):
 
 
 def optimizer_state(optimizer, parameters):
-    """Optimizer accumulators keyed `p<position>/<accumulator>` (Paddle keys them `<param name>_<accumulator>`)."""
+    """Optimizer accumulators keyed `p<position>/<accumulator>` (Paddle keys them `<param name>_<accumulator>`), and
+    the fp32 master weights of low-precision parameters as `p<position>/master_weight`."""
     names = sorted(((p.name, k) for k, p in enumerate(parameters)), key=lambda t: -len(t[0]))
     out = {}
     for key, value in optimizer.state_dict().items():
+        if key == "master_weights":  # fp32 copies of bf16/fp16 parameters (multi_precision), keyed by param name
+            by_name = dict(names)
+            for name, tensor in value.items():
+                if name not in by_name:
+                    raise CheckpointError(f"master weight {name!r} belongs to no trained parameter")
+                out[f"p{by_name[name]}/master_weight"] = tensor
+            continue
         if not isinstance(value, paddle.Tensor):
             continue
         owner = next(((n, k) for n, k in names if key.startswith(n + "_")), None)
@@ -78,7 +86,10 @@ def load_optimizer_state(optimizer, parameters, state):
         k = int(pos[1:])
         if k >= len(parameters):
             raise CheckpointError(f"optimizer state for parameter {k}, but only {len(parameters)} are trained")
-        named[f"{parameters[k].name}_{acc}"] = paddle.to_tensor(value)
+        if acc == "master_weight":
+            named.setdefault("master_weights", {})[parameters[k].name] = paddle.to_tensor(value)
+        else:
+            named[f"{parameters[k].name}_{acc}"] = paddle.to_tensor(value)
     optimizer.set_state_dict(named)
 
 
