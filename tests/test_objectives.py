@@ -332,6 +332,7 @@ def test_gradients_reach_only_the_lora_and_only_the_heads_for_the_d_loss(tiny):
         if group == "generator":
             assert set(losses) == {"consistency", "adversarial_g", "dmd", "reflow"}
             assert all(lora_hit)
+            assert all(p.grad is None for p in heads) and not any(p.stop_gradient for p in heads)
         else:
             assert set(losses) == {"adversarial_d"}
             assert not any(lora_hit) and all(head_hit)

@@ -7,6 +7,8 @@ discriminator step: D heads minimise `discriminator_loss` on no-grad features (r
 generator step: the LoRA minimises weight * `generator_loss`, the gradient flowing through the frozen teacher.
 """
 
+import contextlib
+
 import paddle
 
 from .base import GAUSSIAN, OBJECTIVES, UNIFORM, Objective, checkpointing_paused, renoise
@@ -47,6 +49,19 @@ def teacher_features(ctx, x, sigma):
 
 
 NOISE = ("independent", "shared")
+
+
+@contextlib.contextmanager
+def frozen(layer):
+    """Build the graph of a forward without gradients for `layer`'s parameters (inputs still get theirs)."""
+    params = [p for p in layer.parameters() if not p.stop_gradient]
+    for p in params:
+        p.stop_gradient = True
+    try:
+        yield layer
+    finally:
+        for p in params:
+            p.stop_gradient = False
 
 
 class _AdversarialBase(Objective):
@@ -106,7 +121,9 @@ class GeneratorAdversarial(_AdversarialBase):
 
     def losses(self, ctx):
         feats = teacher_features(ctx, self._noisy(ctx, ctx.pred), ctx.in_phase(self.stream("u"))[1])
-        return {"adversarial_g": self.weight * generator_loss(self.discriminator(feats), self.loss)}
+        with frozen(self.discriminator):  # the G step trains the LoRA: no weight gradients for the heads
+            logits = self.discriminator(feats)
+        return {"adversarial_g": self.weight * generator_loss(logits, self.loss)}
 
 
 @OBJECTIVES.register(name="adversarial")
