@@ -3,11 +3,13 @@ of the generator step with and without gradient checkpointing.
 
     python bench/bench_train_step.py [--width-heads 4 --head-dim 64 --double 2 --single 4 --grid 16 --repeats 5]
 
-Times are medians over `--repeats` runs after a warm-up, measured side by side in one process; memory is the peak
-of Paddle's allocator during one generator step above the resting state (weights, optimizer state).
+Times are medians over `--repeats` runs after a warm-up, measured side by side in one process, as wall time and as
+this process's CPU time (all threads): on a shared machine the CPU-time ratios move much less with the other jobs'
+load. Memory is the peak of Paddle's allocator during one generator step above the resting state.
 """
 
 import argparse
+import os
 import statistics
 import time
 
@@ -85,16 +87,18 @@ def timings(args):
     cases = {"flow_matching_lora": (flow_matching_step, "generator"),
              "lightning_generator": (lightning_step, "generator"),
              "lightning_discriminator": (lightning_step, "discriminator")}
-    times = {name: [] for name in cases}
+    wall, cpu = {name: [] for name in cases}, {name: [] for name in cases}
     for rep in range(args.repeats + 1):  # interleaved so background load hits every case alike; rep 0 warms up
         for name, (fn, group) in cases.items():
             sync()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn(model, recipe, cond, latents, group, rep, opt)
             sync()
             if rep:
-                times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(v) for name, v in times.items()}
+                wall[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
+    med = lambda d: {name: statistics.median(v) for name, v in d.items()}
+    return med(wall), med(cpu)
 
 
 def peak_memory(args, checkpointing):
@@ -128,15 +132,18 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
 
-    med = timings(args)
-    base = med["flow_matching_lora"]
-    pair = (med["lightning_generator"] + med["lightning_discriminator"]) / 2
+    wall, cpu = timings(args)
     print(f"model: {args.double}+{args.single} blocks, width {args.heads * args.head_dim}, {args.grid ** 2} image + "
-          f"{args.text_len} text tokens, batch {args.batch}, LoRA rank {args.rank}")
-    print(f"{'step':28s} {'median s':>10s} {'x flow-matching':>16s}")
-    for name, t in med.items():
-        print(f"{name:28s} {t:10.3f} {t / base:16.2f}")
-    print(f"{'lightning (mean of D and G)':28s} {pair:10.3f} {pair / base:16.2f}")
+          f"{args.text_len} text tokens, batch {args.batch}, LoRA rank {args.rank}; load average "
+          f"{os.getloadavg()[0]:.1f}")
+    print(f"{'step':28s} {'wall s':>8s} {'x FM':>6s} {'cpu s':>8s} {'x FM':>6s}")
+    rows = list(wall) + ["lightning (mean of D and G)"]
+    for d in (wall, cpu):
+        d["lightning (mean of D and G)"] = (d["lightning_generator"] + d["lightning_discriminator"]) / 2
+    w0, c0 = wall["flow_matching_lora"], cpu["flow_matching_lora"]
+    for name in rows:
+        w, c = wall[name], cpu[name]
+        print(f"{name:28s} {w:8.3f} {w / w0:6.2f} {c:8.3f} {c / c0:6.2f}")
     for on in (False, True):
         mb, kind = peak_memory(args, on)
         print(f"peak {kind} memory above the resting state in a generator step, gradient checkpointing "
