@@ -2,17 +2,22 @@
 losses. Groups alternate by step (discriminator on even steps, generator on odd) when both are present.
 
 Everything objective-specific lives in the objective's own module: its config defaults (`config_defaults()`
-gathers them for the schema), its random streams, its group and parameters. Adding an objective = one new module
-registered in `OBJECTIVES` and imported below.
+gathers them for the schema), its random streams, its group and parameters. Adding an objective = one new module in
+this package registering a class in `OBJECTIVES` (every module here is imported below).
 """
 
 import contextlib
+import importlib
+import os
+import pkgutil
 
 from ..utils.errors import ConfigError
-from . import adversarial, consistency, dmd, reflow  # noqa: F401  (register the objectives)
 from . import solver as solver_mod
 from .base import CORE_STREAMS, OBJECTIVES, StepContext, sample_draws
 from .solver import EulerSolver
+
+for _module in pkgutil.iter_modules([os.path.dirname(os.path.abspath(__file__))]):
+    importlib.import_module(f"{__package__}.{_module.name}")  # each objective module registers itself
 
 GROUP_ORDER = ("discriminator", "generator")
 # The version of the objectives' math, recorded in checkpoints; a checkpoint of another version does not resume.
