@@ -428,3 +428,19 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny):
             p.clear_gradient(set_to_zero=False)
     for a, b in zip(*grads):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-7)
+
+
+def test_heads_take_the_model_dtype_and_checkpoint_in_float32():
+    """The D heads run in the training dtype (bf16 on a bf16 GPU; here float64 stands in, CPU has no bf16 matmul) and
+    their checkpoint state is float32 either way."""
+    from ppflux_lightning.objectives.adversarial import Adversarial
+
+    model = FluxTransformer2DModel(tiny_config())
+    model.to(dtype="float64")
+    d_step, g_term = Adversarial.build(model, "adversarial")
+    assert {str(p.dtype) for p in d_step.parameters()} == {"paddle.float64"}
+    assert g_term.discriminator is d_step.discriminator
+    state = d_step.state_dict()
+    assert {str(v.dtype) for v in state.values()} == {"paddle.float32"}
+    d_step.set_state_dict(state)
+    assert {str(p.dtype) for p in d_step.parameters()} == {"paddle.float64"}
