@@ -3,11 +3,13 @@ of the generator step with and without gradient checkpointing.
 
     python bench/bench_train_step.py [--width-heads 4 --head-dim 64 --double 2 --single 4 --grid 16 --repeats 5]
 
-Times are medians over `--repeats` runs after a warm-up, measured side by side in one process; memory is the peak
-of Paddle's allocator during one generator step above the resting state (weights, optimizer state).
+Times are medians over `--repeats` runs after a warm-up, measured side by side in one process, as wall time and as
+this process's CPU time (all threads): on a shared machine the CPU-time ratios move much less with the other jobs'
+load. Memory is the peak of Paddle's allocator during one generator step above the resting state.
 """
 
 import argparse
+import os
 import statistics
 import time
 
@@ -18,12 +20,10 @@ import paddle.nn.functional as F
 import ppflux_lightning  # noqa: F401  (before paddle)
 from ppflux_lightning.lora import add_lora, lora_parameters
 from ppflux_lightning.models.flux_transformer import FluxConfig, FluxTransformer2DModel
-from ppflux_lightning.objectives import Conditioning, DistillationRecipe, EulerSolver, sample_draws
+from ppflux_lightning.objectives import Conditioning, DistillationRecipe, config_defaults
 from ppflux_lightning.schedulers.flow_match import FlowMatchEulerScheduler
 
-OBJECTIVES = {"solver": {"num_timesteps": 100, "num_phases": 4},
-              "consistency": {"loss": "huber", "huber_c": 0.001}, "adversarial": {"weight": 0.1},
-              "dmd": {"weight": 0.01}, "reflow": {"weight": 0.01}}
+OBJECTIVES = config_defaults()  # the reference recipe: consistency + adversarial 0.1 + DMD 0.01 + reflow 0.01
 
 
 def build(args):
@@ -45,18 +45,18 @@ def build(args):
     cond = Conditioning(paddle.randn([b, args.text_len, args.text_dim]), paddle.randn([b, 64]), img_ids,
                         paddle.zeros([args.text_len, 3]), 3.5)
     latents = paddle.randn([b, side * side, 64])
-    solver = EulerSolver.from_scheduler(FlowMatchEulerScheduler(), side * side, 100, 4)
-    recipe = DistillationRecipe(model, OBJECTIVES, solver)
+    recipe = DistillationRecipe.from_config(model, FlowMatchEulerScheduler(), OBJECTIVES, side * side,
+                                            student_parameters=lora_parameters(model))
     return model, recipe, cond, latents
 
 
 def lightning_step(model, recipe, cond, latents, group, step, opt):
-    draws = sample_draws(0, step, range(latents.shape[0]), latents.shape[1:])
+    draws = recipe.draws(0, step, range(latents.shape[0]), latents.shape[1:])
     losses = recipe.losses(cond, latents, draws, group)
     paddle.add_n(list(losses.values())).backward()
     opt[group].step()
     opt[group].clear_grad()
-    for p in recipe.parameters("discriminator") + lora_parameters(model):
+    for p in recipe.parameters("discriminator") + recipe.parameters("generator"):
         p.clear_gradient(set_to_zero=False)
 
 
@@ -73,8 +73,7 @@ def flow_matching_step(model, recipe, cond, latents, group, step, opt):
 
 
 def optimizers(model, recipe):
-    return {"generator": paddle.optimizer.AdamW(parameters=lora_parameters(model), learning_rate=1e-5),
-            "discriminator": paddle.optimizer.AdamW(parameters=recipe.parameters("discriminator"), learning_rate=1e-5)}
+    return {g: paddle.optimizer.AdamW(parameters=recipe.parameters(g), learning_rate=1e-5) for g in recipe.groups}
 
 
 def sync():
@@ -88,16 +87,18 @@ def timings(args):
     cases = {"flow_matching_lora": (flow_matching_step, "generator"),
              "lightning_generator": (lightning_step, "generator"),
              "lightning_discriminator": (lightning_step, "discriminator")}
-    times = {name: [] for name in cases}
+    wall, cpu = {name: [] for name in cases}, {name: [] for name in cases}
     for rep in range(args.repeats + 1):  # interleaved so background load hits every case alike; rep 0 warms up
         for name, (fn, group) in cases.items():
             sync()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn(model, recipe, cond, latents, group, rep, opt)
             sync()
             if rep:
-                times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(v) for name, v in times.items()}
+                wall[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.process_time() - c0)
+    med = lambda d: {name: statistics.median(v) for name, v in d.items()}
+    return med(wall), med(cpu)
 
 
 def peak_memory(args, checkpointing):
@@ -131,15 +132,18 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
 
-    med = timings(args)
-    base = med["flow_matching_lora"]
-    pair = (med["lightning_generator"] + med["lightning_discriminator"]) / 2
+    wall, cpu = timings(args)
     print(f"model: {args.double}+{args.single} blocks, width {args.heads * args.head_dim}, {args.grid ** 2} image + "
-          f"{args.text_len} text tokens, batch {args.batch}, LoRA rank {args.rank}")
-    print(f"{'step':28s} {'median s':>10s} {'x flow-matching':>16s}")
-    for name, t in med.items():
-        print(f"{name:28s} {t:10.3f} {t / base:16.2f}")
-    print(f"{'lightning (mean of D and G)':28s} {pair:10.3f} {pair / base:16.2f}")
+          f"{args.text_len} text tokens, batch {args.batch}, LoRA rank {args.rank}; load average "
+          f"{os.getloadavg()[0]:.1f}")
+    print(f"{'step':28s} {'wall s':>8s} {'x FM':>6s} {'cpu s':>8s} {'x FM':>6s}")
+    rows = list(wall) + ["lightning (mean of D and G)"]
+    for d in (wall, cpu):
+        d["lightning (mean of D and G)"] = (d["lightning_generator"] + d["lightning_discriminator"]) / 2
+    w0, c0 = wall["flow_matching_lora"], cpu["flow_matching_lora"]
+    for name in rows:
+        w, c = wall[name], cpu[name]
+        print(f"{name:28s} {w:8.3f} {w / w0:6.2f} {c:8.3f} {c / c0:6.2f}")
     for on in (False, True):
         mb, kind = peak_memory(args, on)
         print(f"peak {kind} memory above the resting state in a generator step, gradient checkpointing "

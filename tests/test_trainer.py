@@ -2,6 +2,7 @@
 config and data errors, and the tiny-pipeline run through tools/train.py."""
 
 import importlib.util
+import json
 import math
 import os
 
@@ -156,3 +157,97 @@ def test_tiny_pipeline_run_skips_a_bad_record(tmp_path):
     assert os.listdir(os.path.join(out, "logs"))  # VisualDL scalars and the validation grid
     assert main(["-c", os.path.join(os.path.dirname(__file__), "..", "configs", "flux_lightning_tiny.yaml"),
                  "-o", "train.max_step=1"]) == 2
+
+
+# ---------------------------------------------------------------------- resuming across recipe/adapter changes
+def _one_line_error(capsys, argv):
+    capsys.readouterr()
+    assert load_tool("train").main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: cannot resume") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def _config_file(tmp_path, pre, data, out, **extra):
+    cfg = tiny_train_config(pre, data, out, **{"train.max_steps": 2, **extra}).to_dict()
+    path = tmp_path / f"cfg{len(list(tmp_path.glob('cfg*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_resuming_a_checkpoint_with_other_adapters_or_objectives_names_the_difference(assets, tmp_path, capsys):
+    from ppflux_lightning.lora.adapters import DOUBLE_BLOCK_TARGETS
+
+    pre, data = assets
+    out = str(tmp_path / "run")
+    old = _config_file(tmp_path, pre, data, out, **{"lora.target_modules": DOUBLE_BLOCK_TARGETS})
+    assert load_tool("train").main(["-c", old]) == 0
+    ckpt_dir = os.path.join(out, "checkpoint-2")
+    # default (suffix) targets now also adapt the single block's attn.to_q/k/v
+    err = _one_line_error(capsys, ["-c", _config_file(tmp_path, pre, data, out), "-r", ckpt_dir])
+    assert "adapts 12 modules, this config 15" in err and "single_transformer_blocks.0.attn.to_k" in err
+    # the same targets but the adversarial objective switched off
+    err = _one_line_error(capsys, ["-c", _config_file(tmp_path, pre, data, out, **{
+        "lora.target_modules": DOUBLE_BLOCK_TARGETS, "objectives.adversarial.enabled": False}), "-r", ckpt_dir])
+    assert "only in the checkpoint: adversarial_d, adversarial_g" in err
+    # a checkpoint written before the reference semantics (no recipe version in its state)
+    state_file = os.path.join(ckpt_dir, ckpt.STATE_FILE)
+    with open(state_file) as f:
+        state = json.load(f)
+    for key in ("recipe_version", "objectives"):
+        state.pop(key)
+    with open(state_file, "w") as f:
+        json.dump(state, f)
+    err = _one_line_error(capsys, ["-c", old, "-r", ckpt_dir])
+    assert "recipe version 1" in err and "sigmas_prev[start]" in err
+    assert "LoRA" not in err
+
+
+def test_old_double_block_lora_files_keep_loading(tmp_path):
+    """A LoRA file trained with the pre-suffix targets (double blocks only) loads and gives its own output."""
+    from train_fixtures import tiny_config
+
+    from ppflux_lightning.lora import add_lora, lora_layers
+    from ppflux_lightning.lora.adapters import DOUBLE_BLOCK_TARGETS
+    from ppflux_lightning.lora.formats import load_lora_weights, save_lora_weights
+    from ppflux_lightning.models.flux_transformer import FluxTransformer2DModel
+
+    paddle.seed(0)
+    trained = FluxTransformer2DModel(tiny_config())
+    base = {k: v.numpy() for k, v in trained.state_dict().items()}
+    add_lora(trained, 4, 4, target_modules=DOUBLE_BLOCK_TARGETS)
+    for layer in lora_layers(trained).values():
+        layer.lora_B.set_value(paddle.randn(layer.lora_B.shape) * 0.1)
+    path = str(tmp_path / "old_lora.safetensors")
+    save_lora_weights(trained, path, format="diffusers")
+    fresh = FluxTransformer2DModel(tiny_config())
+    fresh.set_state_dict({k: paddle.to_tensor(v) for k, v in base.items()})
+    load_lora_weights(fresh, path)
+    assert sorted(lora_layers(fresh)) == sorted(lora_layers(trained))
+    from train_fixtures import LATENT_CHANNELS, POOLED_DIM, TEXT_DIM
+
+    x = paddle.randn([1, 16, 4 * LATENT_CHANNELS])
+    ids = paddle.zeros([16, 3])
+    kw = dict(encoder_hidden_states=paddle.randn([1, 3, TEXT_DIM]), pooled_projections=paddle.randn([1, POOLED_DIM]),
+              timestep=paddle.to_tensor([0.5]), img_ids=ids, txt_ids=paddle.zeros([3, 3]),
+              guidance=paddle.to_tensor([3.5]))
+    with paddle.no_grad():
+        np.testing.assert_allclose(fresh(x, **kw).numpy(), trained(x, **kw).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_optimizer_master_weights_round_trip_by_position():
+    """bf16 parameters train with fp32 master weights (GPU only: no bf16 AdamW kernel on CPU); the checkpoint stores
+    them by parameter position next to the moments, and loads them back under the new parameters' names."""
+    from types import SimpleNamespace
+
+    params = [SimpleNamespace(name="linear_7.w_0"), SimpleNamespace(name="linear_70.w_0")]
+    m0, m1 = paddle.to_tensor([1.0, 2.0]), paddle.to_tensor([3.0])
+    state = {"linear_7.w_0_moment1_0": paddle.to_tensor([0.5, 0.5]), "LR_Scheduler": {"last_epoch": 3},
+             "master_weights": {"linear_7.w_0": m0, "linear_70.w_0": m1}}
+    saved = ckpt.optimizer_state(SimpleNamespace(state_dict=lambda: state), params)
+    assert sorted(saved) == ["p0/master_weight", "p0/moment1_0", "p1/master_weight"]
+    loaded = {}
+    fresh = [SimpleNamespace(name="linear_1.w_0"), SimpleNamespace(name="linear_2.w_0")]
+    ckpt.load_optimizer_state(SimpleNamespace(set_state_dict=loaded.update), fresh, saved)
+    assert sorted(loaded) == ["linear_1.w_0_moment1_0", "master_weights"]
+    np.testing.assert_array_equal(loaded["master_weights"]["linear_2.w_0"].numpy(), [3.0])

@@ -14,7 +14,7 @@ import numpy as np
 import paddle
 
 from ..utils.atomic import atomic_dir
-from ..utils.errors import CheckpointError
+from ..utils.errors import CheckpointError, abbreviate
 from ..utils.files import read_json_object, read_pickle
 from ..utils.safetensors_io import load_file, save_file
 from .output_dir import (  # noqa: F401  (public here: the checkpoint API)
@@ -35,10 +35,18 @@ def _numpy(state):
 
 
 def optimizer_state(optimizer, parameters):
-    """Optimizer accumulators keyed `p<position>/<accumulator>` (Paddle keys them `<param name>_<accumulator>`)."""
+    """Optimizer accumulators keyed `p<position>/<accumulator>` (Paddle keys them `<param name>_<accumulator>`), and
+    the fp32 master weights of low-precision parameters as `p<position>/master_weight`."""
     names = sorted(((p.name, k) for k, p in enumerate(parameters)), key=lambda t: -len(t[0]))
     out = {}
     for key, value in optimizer.state_dict().items():
+        if key == "master_weights":  # fp32 copies of bf16/fp16 parameters (multi_precision), keyed by param name
+            by_name = dict(names)
+            for name, tensor in value.items():
+                if name not in by_name:
+                    raise CheckpointError(f"master weight {name!r} belongs to no trained parameter")
+                out[f"p{by_name[name]}/master_weight"] = tensor
+            continue
         if not isinstance(value, paddle.Tensor):
             continue
         owner = next(((n, k) for n, k in names if key.startswith(n + "_")), None)
@@ -55,8 +63,46 @@ def load_optimizer_state(optimizer, parameters, state):
         k = int(pos[1:])
         if k >= len(parameters):
             raise CheckpointError(f"optimizer state for parameter {k}, but only {len(parameters)} are trained")
-        named[f"{parameters[k].name}_{acc}"] = paddle.to_tensor(value)
+        if acc == "master_weight":
+            named.setdefault("master_weights", {})[parameters[k].name] = paddle.to_tensor(value)
+        else:
+            named[f"{parameters[k].name}_{acc}"] = paddle.to_tensor(value)
     optimizer.set_state_dict(named)
+
+
+def check_resumable(path, state, tensors, lora_shapes, objectives, version, changes):
+    """Raise a one-line CheckpointError naming what differs when checkpoint `path` was trained with other adapters
+    (`lora_shapes`: {key: shape} of this run's LoRA) or other objectives (`objectives`: names of this run's enabled
+    objectives; `version`: this code's recipe version, `changes`: {older version: what changed since})."""
+    problems = []
+    saved = {k: tuple(v.shape) for k, v in tensors.get("lora", {}).items()}
+    modules = lambda keys: sorted({k.rsplit(".", 1)[0] for k in keys})
+    new, gone = modules(set(lora_shapes) - set(saved)), modules(set(saved) - set(lora_shapes))
+    if new or gone:
+        problems.append(
+            f"its LoRA adapts {len(modules(saved))} modules, this config {len(modules(lora_shapes))} ("
+            + "; ".join(p for p in (new and f"only here: {', '.join(abbreviate(new, 3))}",
+                                    gone and f"only in the checkpoint: {', '.join(abbreviate(gone, 3))}") if p)
+            + "): set lora.target_modules to the run's targets (before suffix matching the default was "
+              "ppflux_lightning.lora.adapters.DOUBLE_BLOCK_TARGETS)")
+    else:
+        shapes = sorted(k for k in saved if saved[k] != tuple(lora_shapes[k]))
+        if shapes:
+            k = shapes[0]
+            problems.append(f"LoRA tensor {k} has shape {list(saved[k])} in the checkpoint, {list(lora_shapes[k])} "
+                            "here (lora.rank differs)")
+    old = int(state.get("recipe_version", 1))
+    if old != version:
+        problems.append(f"its objectives are recipe version {old}, this code's are version {version} "
+                        f"({changes.get(old, 'see docs/training.md')})")
+    elif "objectives" in state and sorted(state["objectives"]) != sorted(objectives):
+        only_ckpt = sorted(set(state["objectives"]) - set(objectives))
+        only_here = sorted(set(objectives) - set(state["objectives"]))
+        problems.append("its enabled objectives differ (" + "; ".join(
+            p for p in (only_ckpt and f"only in the checkpoint: {', '.join(only_ckpt)}",
+                        only_here and f"only here: {', '.join(only_here)}") if p) + ")")
+    if problems:
+        raise CheckpointError(f"cannot resume {path!r}: " + "; ".join(problems) + "; or start a new run")
 
 
 def save_checkpoint(path, tensors, trainer_state, config_text=None):

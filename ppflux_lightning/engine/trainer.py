@@ -5,9 +5,9 @@ picks for this step. The engine knows nothing about individual objectives: it su
 Per-sample randomness comes from (seed, step, global sample position), so N processes reproduce one process.
 """
 
+import functools
 import math
 import os
-from functools import partial
 
 import numpy as np
 import paddle
@@ -19,8 +19,8 @@ from ..data.loader import load_batches
 from ..data.registry import DATASETS
 from ..data.sampler import GlobalBatchSampler
 from ..models.flux_transformer import FluxTransformer2DModel
-from ..objectives import DistillationRecipe, sample_draws
-from ..objectives.solver import EulerSolver
+from ..objectives import GAUSSIAN, DistillationRecipe, sample_draws
+from ..objectives.recipe import RECIPE_CHANGES, RECIPE_VERSION
 from ..schedulers.flow_match import FlowMatchEulerScheduler
 from ..utils import device
 from ..utils.atomic import write_marker
@@ -82,16 +82,17 @@ class Trainer:
         self.model = model
         scheduler = FlowMatchEulerScheduler.from_pretrained(cfg.model.pretrained, subfolder="scheduler")
         patch = vae_scale_factor(cfg.model.pretrained) * 2
-        solver = EulerSolver.from_scheduler(scheduler, (cfg.data.resolution // patch) ** 2,
-                                            cfg.objectives.solver.num_timesteps, cfg.objectives.solver.num_phases)
-        adapters_off = partial(lora.lora_disabled, adapter_names=[STUDENT])  # the teacher: base + extra adapters
-        self.recipe = DistillationRecipe(model, cfg.objectives, solver, adapters_off)
-        self.encoder = BatchEncoder(cfg.model.pretrained, model, cfg.model.guidance, cfg.model.max_sequence_length)
+        # the teacher: the base plus any frozen extra adapters, with the student adapter off
+        adapters_off = functools.partial(lora.lora_disabled, adapter_names=[STUDENT])
+        self.recipe = DistillationRecipe.from_config(model, scheduler, cfg.objectives,
+                                                     (cfg.data.resolution // patch) ** 2, adapters_off,
+                                                     lora.lora_parameters(model, [STUDENT]))
+        self.encoder = BatchEncoder(cfg.model.pretrained, model, cfg.model.guidance, cfg.model.max_sequence_length,
+                                    cfg.model.vae_latents)
 
         self.params, self.optimizers = {}, {}
         for group in self.recipe.groups:
-            student = lora.lora_parameters(model, [STUDENT]) if group == "generator" else []
-            params = student + self.recipe.parameters(group)
+            params = self.recipe.parameters(group)
             settings = {"lr": t.lr, "betas": t.betas, "weight_decay": t.weight_decay,
                         **self.recipe.optimizer_settings(group)}
             self.params[group] = params
@@ -125,6 +126,10 @@ class Trainer:
         first = micro * self.batch_size * self.world + self.rank * self.batch_size
         return list(range(first, first + self.batch_size))
 
+    def posterior_noise(self, sample_ids, shape):
+        """Per-sample Gaussians for the VAE posterior draw (seeded like every other draw of the step)."""
+        return sample_draws(self.cfg.train.seed, self.step, sample_ids, shape, {"vae": GAUSSIAN})["vae"]
+
     # ------------------------------------------------------------------ one step
     def train_step(self, batches):
         """One optimizer step for the group of `self.step`; returns {name: 0-d tensor} for logging."""
@@ -132,8 +137,9 @@ class Trainer:
         totals = {}
         loss_sum = paddle.zeros([], dtype="float32")
         for micro, batch in batches:
-            latents, cond = self.encoder.encode(batch)
-            draws = sample_draws(self.cfg.train.seed, self.step, self.sample_ids(micro), latents.shape[1:])
+            ids = self.sample_ids(micro)
+            latents, cond = self.encoder.encode(batch, functools.partial(self.posterior_noise, ids))
+            draws = self.recipe.draws(self.cfg.train.seed, self.step, ids, latents.shape[1:])
             losses = self.recipe.losses(cond, latents, draws, group)
             total = paddle.add_n(list(losses.values())) / self.accum
             total.backward()
@@ -208,7 +214,8 @@ class Trainer:
                 tensors[f"optimizer-{group}"] = ckpt.optimizer_state(opt, self.params[group])
             tensors = {k: v for k, v in tensors.items() if v}
             state = {"step": self.step, "seed": self.cfg.train.seed, "world_size": self.world,
-                     "groups": self.recipe.groups, "skipped_records": self.skipped}
+                     "groups": self.recipe.groups, "skipped_records": self.skipped,
+                     "recipe_version": RECIPE_VERSION, "objectives": self.recipe.names()}
             path = ckpt.checkpoint_path(self.cfg.train.output_dir, self.step)
             ckpt.save_checkpoint(path, tensors, state, self.config_text)
             ckpt.prune_checkpoints(self.cfg.train.output_dir, self.cfg.train.keep_last)
@@ -217,6 +224,8 @@ class Trainer:
 
     def load(self, path):
         state, tensors = ckpt.load_checkpoint(path)
+        shapes = {k: v.shape for k, v in lora.lora_state_dict(self.model, STUDENT).items()}
+        ckpt.check_resumable(path, state, tensors, shapes, self.recipe.names(), RECIPE_VERSION, RECIPE_CHANGES)
         lora.set_lora_state_dict(self.model, tensors["lora"], STUDENT)
         self.recipe.set_state_dict(tensors.get("objectives", {}))
         for group, opt in self.optimizers.items():
