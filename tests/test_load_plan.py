@@ -260,4 +260,4 @@ def test_inspect_tool_prints_the_plan(files, capsys):
             "model.diffusion_model.single_blocks.0.linear1.weight BF16[21504, 3072] (rows 3072:6144, transposed)\n"
             ) in out
     assert inspect_checkpoint.main([files["bfl"] + ".missing"]) == 2
-    assert capsys.readouterr().err.startswith("error: no FLUX transformer checkpoint at")
+    assert capsys.readouterr().err.startswith("error: checkpoint not found:")
