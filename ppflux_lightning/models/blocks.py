@@ -5,6 +5,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from .attention import JointAttention
+from .fused import FusedProjections
 
 
 def layer_norm(x, eps=1e-6):
@@ -12,8 +13,22 @@ def layer_norm(x, eps=1e-6):
     return F.layer_norm(x, x.shape[-1:], epsilon=eps)
 
 
+def per_token(v):
+    """A per-sample vector [B, N] shaped to broadcast against tokens [B, S, N]. For B == 1 this is [N], which
+    Paddle's CPU kernels broadcast row-wise; [B, 1, N] takes their generic broadcast, several times slower."""
+    return v.reshape([-1]) if v.shape[0] == 1 else v.unsqueeze(1)
+
+
 def modulate(x, shift, scale):
-    return layer_norm(x) * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+    """LN(x) * (1 + scale) + shift; one affine LayerNorm when the batch is 1 (float32)."""
+    if shift.shape[0] == 1 and x.dtype == paddle.float32:
+        return F.layer_norm(x, x.shape[-1:], weight=1 + scale.reshape([-1]), bias=shift.reshape([-1]), epsilon=1e-6)
+    return layer_norm(x) * (1 + per_token(scale)) + per_token(shift)
+
+
+def gated(x, gate, y):
+    """The gated residual x + gate * y."""
+    return x + per_token(gate) * y
 
 
 class Modulation(nn.Layer):
@@ -63,17 +78,20 @@ class DoubleStreamBlock(nn.Layer):
         shift, scale, gate, shift_mlp, scale_mlp, gate_mlp = self.norm1(temb)
         c_shift, c_scale, c_gate, c_shift_mlp, c_scale_mlp, c_gate_mlp = self.norm1_context(temb)
         img_attn, txt_attn = self.attn(modulate(hidden, shift, scale), rope, modulate(context, c_shift, c_scale))
-        hidden = hidden + gate.unsqueeze(1) * img_attn
-        hidden = hidden + gate_mlp.unsqueeze(1) * self.ff(modulate(hidden, shift_mlp, scale_mlp))
-        context = context + c_gate.unsqueeze(1) * txt_attn
-        context = context + c_gate_mlp.unsqueeze(1) * self.ff_context(modulate(context, c_shift_mlp, c_scale_mlp))
+        hidden = gated(hidden, gate, img_attn)
+        hidden = gated(hidden, gate_mlp, self.ff(modulate(hidden, shift_mlp, scale_mlp)))
+        context = gated(context, c_gate, txt_attn)
+        context = gated(context, c_gate_mlp, self.ff_context(modulate(context, c_shift_mlp, c_scale_mlp)))
         if context.dtype == paddle.float16:
             context = context.clip(-65504.0, 65504.0)
         return hidden, context
 
 
-class SingleStreamBlock(nn.Layer):
-    """One weight set over cat([text, image]): parallel attention and MLP, fused output projection."""
+class SingleStreamBlock(FusedProjections, nn.Layer):
+    """One weight set over cat([text, image]): parallel attention and MLP, fused output projection. In eval mode
+    after `fuse_projections()`, q, k, v and the MLP input come from one GEMM (BFL's `linear1`)."""
+
+    fused_groups = {"qkv_mlp": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp")}
 
     def __init__(self, dim, heads, head_dim, mlp_ratio=4):
         super().__init__()
@@ -85,8 +103,15 @@ class SingleStreamBlock(nn.Layer):
     def forward(self, x, temb, rope):
         shift, scale, gate = self.norm(temb)
         normed = modulate(x, shift, scale)
-        mlp = F.gelu(self.proj_mlp(normed), approximate=True)
-        out = x + gate.unsqueeze(1) * self.proj_out(paddle.concat([self.attn(normed, rope), mlp], axis=-1))
+        fused = self.fused_weights("qkv_mlp")
+        if fused is None:
+            attn, mlp = self.attn(normed, rope), self.proj_mlp(normed)
+        else:
+            inner = self.attn.heads * self.attn.head_dim
+            q, k, v, mlp = paddle.split(F.linear(normed, *fused), [inner, inner, inner, -1], axis=-1)
+            attn = self.attn.attend(q, k, v, rope)
+        mlp = F.gelu(mlp, approximate=True)
+        out = gated(x, gate, self.proj_out(paddle.concat([attn, mlp], axis=-1)))
         if out.dtype == paddle.float16:
             out = out.clip(-65504.0, 65504.0)
         return out
