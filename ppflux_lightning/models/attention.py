@@ -29,27 +29,37 @@ class RMSNorm(nn.Layer):
         return x32 * self.weight
 
 
-def attention(q, k, v, block_bytes=ATTENTION_BLOCK_BYTES):
+def attention(q, k, v, block_bytes=None):
     """q, k, v: [B, S, H, D] -> [B, S, H*D]. The fused kernel on a GPU; elsewhere softmax(q k^T / sqrt(D)) v over
-    blocks of query rows (exact, the same result row by row as the full matrix)."""
+    blocks of query rows (exact, the same result row by row as the full matrix); `block_bytes` defaults to
+    ATTENTION_BLOCK_BYTES."""
     if paddle.device.get_device().startswith("gpu"):
         return F.scaled_dot_product_attention(q, k, v).reshape([0, 0, -1])
-    batch, s_q, heads, dim = q.shape
-    s_k = k.shape[1]
-    qh = (q * dim**-0.5).transpose([0, 2, 1, 3])
+    qh = (q * q.shape[-1] ** -0.5).transpose([0, 2, 1, 3])
     kh, vh = k.transpose([0, 2, 1, 3]), v.transpose([0, 2, 1, 3])
-    rows = s_q
-    if s_q > 0 and s_k > 0:  # static sizes (a traced graph with a dynamic sequence length uses one block)
-        rows = max(16, block_bytes // (4 * max(batch, 1) * heads * s_k))
-    if rows >= s_q or s_q <= 0:
+    blocks = query_blocks(q, k, block_bytes)
+    if len(blocks) == 1:
         out = paddle.matmul(F.softmax(paddle.matmul(qh, kh, transpose_y=True), axis=-1), vh)
     else:
         out = paddle.concat(
-            [paddle.matmul(F.softmax(paddle.matmul(qh[:, :, i : i + rows], kh, transpose_y=True), axis=-1), vh)
-             for i in range(0, s_q, rows)],
+            [paddle.matmul(F.softmax(paddle.matmul(qh[:, :, a:b], kh, transpose_y=True), axis=-1), vh)
+             for a, b in blocks],
             axis=2,
         )
     return out.transpose([0, 2, 1, 3]).reshape([0, 0, -1])
+
+
+@paddle.jit.not_to_static
+def query_blocks(q, k, block_bytes):
+    """[(start, stop)] of the query-row blocks: one block when the sizes are not static (a traced graph with a
+    dynamic sequence length) or the whole score matrix fits in `block_bytes`."""
+    batch, s_q, heads, _ = q.shape
+    s_k = k.shape[1]
+    block_bytes = ATTENTION_BLOCK_BYTES if block_bytes is None else block_bytes
+    if s_q <= 0 or s_k <= 0:
+        return [(0, None)]
+    rows = max(16, block_bytes // (4 * max(batch, 1) * heads * s_k))
+    return [(a, min(a + rows, s_q)) for a in range(0, s_q, rows)]
 
 
 class JointAttention(FusedProjections, nn.Layer):

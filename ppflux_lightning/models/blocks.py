@@ -13,15 +13,21 @@ def layer_norm(x, eps=1e-6):
     return F.layer_norm(x, x.shape[-1:], epsilon=eps)
 
 
+@paddle.jit.not_to_static
+def batch_of_one(v):
+    """True when `v`'s batch axis is statically 1 (never for a traced graph's dynamic batch)."""
+    return v.shape[0] == 1
+
+
 def per_token(v):
     """A per-sample vector [B, N] shaped to broadcast against tokens [B, S, N]. For B == 1 this is [N], which
     Paddle's CPU kernels broadcast row-wise; [B, 1, N] takes their generic broadcast, several times slower."""
-    return v.reshape([-1]) if v.shape[0] == 1 else v.unsqueeze(1)
+    return v.reshape([-1]) if batch_of_one(v) else v.unsqueeze(1)
 
 
 def modulate(x, shift, scale):
     """LN(x) * (1 + scale) + shift; one affine LayerNorm when the batch is 1 (float32)."""
-    if shift.shape[0] == 1 and x.dtype == paddle.float32:
+    if batch_of_one(shift) and x.dtype == paddle.float32:
         return F.layer_norm(x, x.shape[-1:], weight=1 + scale.reshape([-1]), bias=shift.reshape([-1]), epsilon=1e-6)
     return layer_norm(x) * (1 + per_token(scale)) + per_token(shift)
 

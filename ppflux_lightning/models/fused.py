@@ -25,9 +25,12 @@ def _is_plain(layer):
     return layer.fused or not layer.enabled or layer.scale == 0.0
 
 
-def _signature(layers):
+def _signature(layers, tracing=False):
+    """What the fused copy depends on. While tracing, parameters are graph values: only the layers are compared."""
+    if tracing:
+        return tuple((id(layer), getattr(layer, "fused_scale", None)) for layer in layers)
     return tuple(
-        (id(layer), id(layer.weight), id(layer.bias), str(layer.weight.dtype), getattr(layer, "fused_scale", None))
+        (id(layer), getattr(layer, "fused_scale", None), id(layer.weight), id(layer.bias), str(layer.weight.dtype))
         for layer in layers
     )
 
@@ -41,7 +44,7 @@ class FusedProjections:
     def fuse_projections(self):
         """Use one GEMM per group in eval mode from now on; builds the fused weights now."""
         self._fusion_on = True
-        self._fusion = {}
+        self._drop_fused()
         with paddle.no_grad():
             for group in self.fused_groups:
                 self._build(group)
@@ -49,7 +52,7 @@ class FusedProjections:
     def unfuse_projections(self):
         """Back to the separate layers; frees the fused copies."""
         self._fusion_on = False
-        self._fusion = {}
+        self._drop_fused()
 
     def _build(self, group):
         layers = [_resolve(self, path) for path in self.fused_groups[group]]
@@ -60,23 +63,36 @@ class FusedProjections:
                   for layer in layers]
         bias = None if all(layer.bias is None for layer in layers) else paddle.concat(biases)
         self._fusion[group] = (_signature(layers), weight, bias)
+        # Registered as non-persistable buffers: not in state_dict(), but saved with a traced graph that uses them.
+        for suffix, tensor in (("weight", weight), ("bias", bias)):
+            if tensor is not None:
+                self.register_buffer(f"fused_{group}_{suffix}", tensor, persistable=False)
         return weight, bias
 
+    def _drop_fused(self):
+        self._fusion = {}
+        for group in self.fused_groups:
+            for suffix in ("weight", "bias"):
+                self._buffers.pop(f"fused_{group}_{suffix}", None)
+
+    @paddle.jit.not_to_static
     def fused_weights(self, group):
         """(weight, bias) of the fused GEMM for `group`, or None when the separate layers must run."""
         if not getattr(self, "_fusion_on", False):
             return None
         if self.training:
-            self._fusion = {}  # the weights are about to change: never reuse a copy made before
+            if self._fusion:
+                self._drop_fused()  # the weights are about to change: never reuse a copy made before
             return None
         layers = [_resolve(self, path) for path in self.fused_groups[group]]
         if not all(_is_plain(layer) for layer in layers):
             return None
         cached = self._fusion.get(group)
+        if not paddle.in_dynamic_mode():  # tracing: only a copy made beforehand (fuse_projections) can be used
+            valid = cached is not None and tuple(sig[:2] for sig in cached[0]) == _signature(layers, tracing=True)
+            return (cached[1], cached[2]) if valid else None
         if cached is not None and cached[0] == _signature(layers):
             return cached[1], cached[2]
-        if not paddle.in_dynamic_mode():  # tracing: only a copy made beforehand (fuse_projections) can be used
-            return None
         with paddle.no_grad():
             return self._build(group)
 
