@@ -14,27 +14,37 @@ def layer_norm(x, eps=1e-6):
 
 
 @paddle.jit.not_to_static
-def batch_of_one(v):
-    """True when `v`'s batch axis is statically 1 (never for a traced graph's dynamic batch)."""
-    return v.shape[0] == 1
+def by_batch(v, one, many):
+    """`one()` when the per-sample vector `v` [B, N] has batch 1, else `many()`. Decided here in eager mode or for
+    a static batch; in a graph traced with a dynamic batch, at run time by a `cond` op holding both."""
+    batch = v.shape[0]
+    if batch == 1:
+        return one()
+    if batch > 1 or paddle.in_dynamic_mode():
+        return many()
+    return paddle.static.nn.cond(paddle.shape(v)[0] == 1, one, many)
 
 
-def per_token(v):
-    """A per-sample vector [B, N] shaped to broadcast against tokens [B, S, N]. For B == 1 this is [N], which
-    Paddle's CPU kernels broadcast row-wise; [B, 1, N] takes their generic broadcast, several times slower."""
-    return v.reshape([-1]) if batch_of_one(v) else v.unsqueeze(1)
+def _row(v):
+    """[1, N] -> [N]: Paddle's CPU kernels broadcast that row-wise against [1, S, N]; the [B, 1, N] form takes their
+    generic broadcast, several times slower (docs/models.md)."""
+    return v.reshape([v.shape[-1]])
 
 
 def modulate(x, shift, scale):
     """LN(x) * (1 + scale) + shift; one affine LayerNorm when the batch is 1 (float32)."""
-    if batch_of_one(shift) and x.dtype == paddle.float32:
-        return F.layer_norm(x, x.shape[-1:], weight=1 + scale.reshape([-1]), bias=shift.reshape([-1]), epsilon=1e-6)
-    return layer_norm(x) * (1 + per_token(scale)) + per_token(shift)
+
+    def one():
+        if x.dtype == paddle.float32:
+            return F.layer_norm(x, x.shape[-1:], weight=1 + _row(scale), bias=_row(shift), epsilon=1e-6)
+        return layer_norm(x) * (1 + _row(scale)) + _row(shift)
+
+    return by_batch(shift, one, lambda: layer_norm(x) * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1))
 
 
 def gated(x, gate, y):
     """The gated residual x + gate * y."""
-    return x + per_token(gate) * y
+    return by_batch(gate, lambda: x + _row(gate) * y, lambda: x + gate.unsqueeze(1) * y)
 
 
 class Modulation(nn.Layer):
