@@ -151,3 +151,26 @@ def test_blocked_attention_equals_full_and_torch(shape):
         *(torch.tensor(a).transpose(1, 2) for a in (q, k, v))).transpose(1, 2).reshape(b, s, h * d).numpy()
     np.testing.assert_allclose(blocked, full, rtol=0, atol=1e-6)
     np.testing.assert_allclose(blocked, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("frozen", ["", "weight", "bias", "weight,bias"])
+def test_linear_matches_nn_linear_in_value_and_gradients(frozen):
+    """models.linear.Linear (addmm on the CPU) against nn.Linear with the same parameters, frozen or not."""
+    from ppflux_lightning.models.linear import Linear
+
+    paddle.seed(0)
+    ours, plain = Linear(6, 5), paddle.nn.Linear(6, 5)
+    plain.weight.set_value(ours.weight)
+    plain.bias.set_value(ours.bias)
+    x = np.random.default_rng(0).standard_normal((2, 3, 6)).astype(np.float32)
+    results = []
+    for layer in (ours, plain):
+        for name in filter(None, frozen.split(",")):
+            getattr(layer, name).stop_gradient = True
+        inp = paddle.to_tensor(x, stop_gradient=False)
+        out = layer(inp)
+        (out * out).sum().backward()
+        results.append([out.numpy(), inp.grad.numpy()] + [p.grad.numpy() for p in (layer.weight, layer.bias)
+                                                          if not p.stop_gradient])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

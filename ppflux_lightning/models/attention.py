@@ -6,6 +6,7 @@ import paddle.nn.functional as F
 
 from .embeddings import apply_rope
 from .fused import FusedProjections
+from .linear import Linear, linear
 
 # CPU attention works on blocks of query rows whose score tile [B, H, rows, S_k] takes about this many bytes, so the
 # softmax runs on data that is still in cache (measured in docs/models.md: the full [B, H, S, S] matrix is 2-3x slower).
@@ -74,17 +75,17 @@ class JointAttention(FusedProjections, nn.Layer):
         super().__init__()
         inner = heads * head_dim
         self.heads, self.head_dim = heads, head_dim
-        self.to_q, self.to_k, self.to_v = nn.Linear(dim, inner), nn.Linear(dim, inner), nn.Linear(dim, inner)
+        self.to_q, self.to_k, self.to_v = Linear(dim, inner), Linear(dim, inner), Linear(dim, inner)
         self.norm_q, self.norm_k = RMSNorm(head_dim), RMSNorm(head_dim)
-        self.to_out = None if pre_only else nn.LayerList([nn.Linear(inner, dim)])
+        self.to_out = None if pre_only else nn.LayerList([Linear(inner, dim)])
         self.joint = joint
         # A single block fuses q, k, v with its MLP input projection instead (SingleStreamBlock.fused_groups).
         self.fused_groups = {} if pre_only else {"qkv": ("to_q", "to_k", "to_v")}
         if joint:
-            self.add_q_proj, self.add_k_proj = nn.Linear(dim, inner), nn.Linear(dim, inner)
-            self.add_v_proj = nn.Linear(dim, inner)
+            self.add_q_proj, self.add_k_proj = Linear(dim, inner), Linear(dim, inner)
+            self.add_v_proj = Linear(dim, inner)
             self.norm_added_q, self.norm_added_k = RMSNorm(head_dim), RMSNorm(head_dim)
-            self.to_add_out = nn.Linear(inner, dim)
+            self.to_add_out = Linear(inner, dim)
             self.fused_groups["add_qkv"] = ("add_q_proj", "add_k_proj", "add_v_proj")
 
     def _heads(self, x):
@@ -93,7 +94,7 @@ class JointAttention(FusedProjections, nn.Layer):
     def _project(self, x, group, names):
         fused = self.fused_weights(group) if group in self.fused_groups else None
         if fused is not None:
-            return [self._heads(t) for t in paddle.split(F.linear(x, *fused), 3, axis=-1)]
+            return [self._heads(t) for t in paddle.split(linear(x, *fused), 3, axis=-1)]
         return [self._heads(getattr(self, name)(x)) for name in names]
 
     def attend(self, q, k, v, rope):

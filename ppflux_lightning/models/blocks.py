@@ -6,6 +6,7 @@ import paddle.nn.functional as F
 
 from .attention import JointAttention
 from .fused import FusedProjections
+from .linear import Linear, linear
 
 
 def layer_norm(x, eps=1e-6):
@@ -53,7 +54,7 @@ class Modulation(nn.Layer):
     def __init__(self, dim, n):
         super().__init__()
         self.n = n
-        self.linear = nn.Linear(dim, n * dim)
+        self.linear = Linear(dim, n * dim)
 
     def forward(self, temb):
         return paddle.chunk(self.linear(F.silu(temb)), self.n, axis=-1)
@@ -62,7 +63,7 @@ class Modulation(nn.Layer):
 class GELUProj(nn.Layer):
     def __init__(self, dim, hidden):
         super().__init__()
-        self.proj = nn.Linear(dim, hidden)
+        self.proj = Linear(dim, hidden)
 
     def forward(self, x):
         return F.gelu(self.proj(x), approximate=True)
@@ -73,7 +74,7 @@ class FeedForward(nn.Layer):
 
     def __init__(self, dim, mult=4):
         super().__init__()
-        self.net = nn.LayerList([GELUProj(dim, dim * mult), nn.Identity(), nn.Linear(dim * mult, dim)])
+        self.net = nn.LayerList([GELUProj(dim, dim * mult), nn.Identity(), Linear(dim * mult, dim)])
 
     def forward(self, x):
         return self.net[2](self.net[0](x))
@@ -112,9 +113,9 @@ class SingleStreamBlock(FusedProjections, nn.Layer):
     def __init__(self, dim, heads, head_dim, mlp_ratio=4):
         super().__init__()
         self.norm = Modulation(dim, 3)
-        self.proj_mlp = nn.Linear(dim, dim * mlp_ratio)
+        self.proj_mlp = Linear(dim, dim * mlp_ratio)
         self.attn = JointAttention(dim, heads, head_dim, pre_only=True)
-        self.proj_out = nn.Linear(heads * head_dim + dim * mlp_ratio, dim)
+        self.proj_out = Linear(heads * head_dim + dim * mlp_ratio, dim)
 
     def forward(self, x, temb, rope):
         shift, scale, gate = self.norm(temb)
@@ -124,7 +125,7 @@ class SingleStreamBlock(FusedProjections, nn.Layer):
             attn, mlp = self.attn(normed, rope), self.proj_mlp(normed)
         else:
             inner = self.attn.heads * self.attn.head_dim
-            q, k, v, mlp = paddle.split(F.linear(normed, *fused), [inner, inner, inner, -1], axis=-1)
+            q, k, v, mlp = paddle.split(linear(normed, *fused), [inner, inner, inner, -1], axis=-1)
             attn = self.attn.attend(q, k, v, rope)
         mlp = F.gelu(mlp, approximate=True)
         out = gated(x, gate, self.proj_out(paddle.concat([attn, mlp], axis=-1)))
@@ -138,7 +139,7 @@ class ContinuousAdaNorm(nn.Layer):
 
     def __init__(self, dim):
         super().__init__()
-        self.linear = nn.Linear(dim, 2 * dim)
+        self.linear = Linear(dim, 2 * dim)
 
     def forward(self, x, temb):
         scale, shift = paddle.chunk(self.linear(F.silu(temb)), 2, axis=-1)

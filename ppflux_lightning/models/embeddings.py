@@ -7,6 +7,8 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from .linear import Linear
+
 
 def sinusoidal_embedding(t, dim=256, max_period=10000.0):
     """[B] -> [B, dim] as (cos | sin) halves (diffusers `Timesteps(flip_sin_to_cos=True, shift=0)`), in fp32."""
@@ -21,8 +23,8 @@ class MLPEmbedder(nn.Layer):
 
     def __init__(self, in_dim, dim):
         super().__init__()
-        self.linear_1 = nn.Linear(in_dim, dim)
-        self.linear_2 = nn.Linear(dim, dim)
+        self.linear_1 = Linear(in_dim, dim)
+        self.linear_2 = Linear(dim, dim)
 
     def forward(self, x):
         return self.linear_2(F.silu(self.linear_1(x.astype(self.linear_1.weight.dtype))))
