@@ -8,15 +8,21 @@ The parameters, their names and layout are nn.Linear's, so checkpoints and LoRA 
 unaffected.
 """
 
+import math
+
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
+
+ADDMM_MIN_OUTPUT = 1 << 16  # output elements from which addmm is used
 
 
 def linear(x, weight, bias=None):
     """x @ weight + bias for x [..., in], weight [in, out] (Paddle layout)."""
     if bias is None or x.dtype != paddle.float32 or not paddle.in_dynamic_mode() or not x.place.is_cpu_place():
         return F.linear(x, weight, bias)
+    if math.prod(x.shape[:-1]) * weight.shape[1] < ADDMM_MIN_OUTPUT:
+        return F.linear(x, weight, bias)  # small layers: the two reshapes cost more than the add they save
     if bias.stop_gradient and paddle.is_grad_enabled() and not (x.stop_gradient and weight.stop_gradient):
         return F.linear(x, weight, bias)  # Paddle 3.3's addmm backward segfaults when `input` needs no gradient
     out = paddle.addmm(bias, x.reshape([-1, x.shape[-1]]), weight)
