@@ -33,10 +33,12 @@ def _row(v):
 
 
 def modulate(x, shift, scale):
-    """LN(x) * (1 + scale) + shift; one affine LayerNorm when the batch is 1 (float32)."""
+    """LN(x) * (1 + scale) + shift; at batch 1 row-wise broadcasts, and one affine LayerNorm (float32, no
+    gradients: with gradients, Paddle 3.3's layer_norm gave wrong ones for a computed weight in the trainer's
+    gradient-accumulation test)."""
 
     def one():
-        if x.dtype == paddle.float32:
+        if x.dtype == paddle.float32 and not paddle.is_grad_enabled():
             return F.layer_norm(x, x.shape[-1:], weight=1 + _row(scale), bias=_row(shift), epsilon=1e-6)
         return layer_norm(x) * (1 + _row(scale)) + _row(shift)
 
