@@ -1,12 +1,15 @@
 """Latency of the exported static-graph pipeline vs Paddle dygraph vs diffusers eager (PyTorch), all on the CPU.
 
     python bench/bench_deploy.py [--repeats 5] [--teacher_repeats 2] [--threads 2] [--configs tiny medium]
+                                 [--tables step e2e teacher]
 
 One process, same thread count for all three; runs are interleaved and reported as medians and ratios. Tables:
 per denoising step (one transformer call, batch 1), end to end at 4 steps (text encoders + 4 steps + VAE decode,
 from identical weights and initial latents), and the 4-step student vs the 28- and 50-step teacher end to end on
-the static pipeline (same model, only the step count differs). MKL_DEBUG_CPU_TYPE=5 (set by `import
-ppflux_lightning` on AMD) speeds Paddle's MKL up; `PPFLUX_NO_MKL_FIX=1` measures without it.
+the static pipeline (same model, only the step count differs); `--tables` picks which. The exported transformer
+and the dygraph one both run fused projections (export fuses the pipeline's transformer in place).
+MKL_DEBUG_CPU_TYPE=5 (set by `import ppflux_lightning` on AMD) speeds Paddle's MKL up; `PPFLUX_NO_MKL_FIX=1`
+measures without it.
 """
 
 import argparse
@@ -25,6 +28,7 @@ CONFIGS = {
                                     guidance_embeds=True, axes_dims_rope=[8, 28, 28]),
                    height=128, width=128, text_len=64),
 }
+TABLES = ("step", "e2e", "teacher")
 PROMPT = "a lighthouse on a rocky coast under a stormy sky"
 
 
@@ -62,7 +66,7 @@ def build(name, folder):
     return model_dir, pipe, export_dir
 
 
-def bench_config(name, folder, repeats, teacher_repeats, threads):
+def bench_config(name, folder, repeats, teacher_repeats, threads, tables):
     import numpy as np
     import paddle
     import torch
@@ -103,33 +107,37 @@ def bench_config(name, folder, repeats, teacher_repeats, threads):
         with torch.no_grad():
             return ref.transformer(**th_in).sample.numpy()
 
-    print(f"[{name}] per-step timings", file=sys.stderr)
-    onednn = StaticGraph(os.path.join(export_dir, "transformer"), onednn=True, threads=threads)
-    step = median_ms({"dygraph": dygraph_step, "static": lambda: deploy.graphs["transformer"](**arrays),
-                      "static_onednn": lambda: onednn(**arrays), "diffusers": torch_step}, repeats)
+    step = end_to_end = diffs = teacher = None
+    if "step" in tables:
+        print(f"[{name}] per-step timings", file=sys.stderr)
+        onednn = StaticGraph(os.path.join(export_dir, "transformer"), onednn=True, threads=threads)
+        step = median_ms({"dygraph": dygraph_step, "static": lambda: deploy.graphs["transformer"](**arrays),
+                          "static_onednn": lambda: onednn(**arrays), "diffusers": torch_step}, repeats)
 
     # ---- end to end, 4 steps, identical initial latents
-    print(f"[{name}] end-to-end timings", file=sys.stderr)
     latents = make_latents(1, 1, cfg.in_channels // 4, h, w)
-    call = dict(height=height, width=width, guidance_scale=3.5, max_sequence_length=text_len, output_type="np")
-    results = {}
+    if "e2e" in tables:
+        print(f"[{name}] end-to-end timings", file=sys.stderr)
+        call = dict(height=height, width=width, guidance_scale=3.5, max_sequence_length=text_len, output_type="np")
+        results = {}
 
-    def keep(label, images):
-        results[label] = images
+        def keep(label, images):
+            results[label] = images
 
-    fns = {
-        "dygraph": lambda: keep("dygraph", pipe(PROMPT, num_inference_steps=4, latents=latents, **call).images),
-        "static": lambda: keep("static", deploy(PROMPT, steps=4, latents=latents)),
-        "diffusers": lambda: keep("diffusers", ref(PROMPT, num_inference_steps=4, latents=torch.tensor(latents),
-                                                  **call).images),
-    }
-    end_to_end = median_ms(fns, repeats)
-    diffs = {k: float(np.abs(results[k] - results["dygraph"]).max()) for k in ("static", "diffusers")}
+        fns = {
+            "dygraph": lambda: keep("dygraph", pipe(PROMPT, num_inference_steps=4, latents=latents, **call).images),
+            "static": lambda: keep("static", deploy(PROMPT, steps=4, latents=latents)),
+            "diffusers": lambda: keep("diffusers", ref(PROMPT, num_inference_steps=4, latents=torch.tensor(latents),
+                                                      **call).images),
+        }
+        end_to_end = median_ms(fns, repeats)
+        diffs = {k: float(np.abs(results[k] - results["dygraph"]).max()) for k in ("static", "diffusers")}
 
     # ---- student (4 steps) vs teacher (28, 50 steps) on the static pipeline
-    print(f"[{name}] student vs teacher timings", file=sys.stderr)
-    teacher = median_ms({n: (lambda n=n: deploy(PROMPT, steps=n, latents=latents)) for n in (4, 28, 50)},
-                        teacher_repeats)
+    if "teacher" in tables:
+        print(f"[{name}] student vs teacher timings", file=sys.stderr)
+        teacher = median_ms({n: (lambda n=n: deploy(PROMPT, steps=n, latents=latents)) for n in (4, 28, 50)},
+                            teacher_repeats)
     return step, end_to_end, diffs, teacher
 
 
@@ -139,6 +147,7 @@ def main():
     parser.add_argument("--teacher_repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--tables", nargs="+", default=list(TABLES), choices=list(TABLES))
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
     # Interleaved runs: idle OpenMP workers of one library must not spin on the cores the next one needs.
@@ -152,21 +161,30 @@ def main():
     mkl = os.environ.get("MKL_DEBUG_CPU_TYPE", "unset")
     print(f"CPU, {args.threads} threads for Paddle, the predictor and PyTorch; MKL_DEBUG_CPU_TYPE={mkl}; "
           f"KMP_BLOCKTIME={os.environ['KMP_BLOCKTIME']}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; "
-          f"medians of {args.repeats} interleaved runs (teacher table: {args.teacher_repeats}); shared, noisy machine",
-          file=sys.stderr)
+          f"medians of {args.repeats} interleaved runs (teacher table: {args.teacher_repeats}); load average before: "
+          f"{' '.join(format(x, '.1f') for x in os.getloadavg())}", file=sys.stderr)
     rows = {}
     with tempfile.TemporaryDirectory(prefix="bench_deploy_") as folder:
         for name in args.configs:
-            rows[name] = bench_config(name, folder, args.repeats, args.teacher_repeats, args.threads)
+            rows[name] = bench_config(name, folder, args.repeats, args.teacher_repeats, args.threads, args.tables)
+    print(f"load average after: {' '.join(format(x, '.1f') for x in os.getloadavg())}")
 
-    print("\nPer denoising step (one transformer call, batch 1), ms:")
-    print("| config | dygraph | static predictor | static + oneDNN | diffusers eager | dygraph / static "
-          "| oneDNN / static | diffusers / static |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, (step, _, _, _) in rows.items():
-        print(f"| {name} | {step['dygraph']:.1f} | {step['static']:.1f} | {step['static_onednn']:.1f} | "
-              f"{step['diffusers']:.1f} | {step['dygraph'] / step['static']:.2f}x | "
-              f"{step['static_onednn'] / step['static']:.2f}x | {step['diffusers'] / step['static']:.2f}x |")
+    if "step" in args.tables:
+        print("\nPer denoising step (one transformer call, batch 1), ms:")
+        print("| config | dygraph | static predictor | static + oneDNN | diffusers eager | static / dygraph "
+              "| static / diffusers | oneDNN / static |")
+        print("|---|---|---|---|---|---|---|---|")
+        for name, (step, _, _, _) in rows.items():
+            print(f"| {name} | {step['dygraph']:.1f} | {step['static']:.1f} | {step['static_onednn']:.1f} | "
+                  f"{step['diffusers']:.1f} | {step['static'] / step['dygraph']:.2f}x | "
+                  f"{step['static'] / step['diffusers']:.2f}x | {step['static_onednn'] / step['static']:.2f}x |")
+    if "e2e" in args.tables:
+        print_end_to_end(rows)
+    if "teacher" in args.tables:
+        print_teacher(rows)
+
+
+def print_end_to_end(rows):
     print("\nEnd to end, 4 steps (text encoders + 4 steps + VAE decode), ms; max |image - dygraph image|:")
     print("| config | dygraph | static predictor | diffusers eager | dygraph / static | diffusers / static "
           "| static diff | diffusers diff |")
@@ -175,6 +193,9 @@ def main():
         print(f"| {name} | {e2e['dygraph']:.1f} | {e2e['static']:.1f} | {e2e['diffusers']:.1f} | "
               f"{e2e['dygraph'] / e2e['static']:.2f}x | {e2e['diffusers'] / e2e['static']:.2f}x | "
               f"{diffs['static']:.1e} | {diffs['diffusers']:.1e} |")
+
+
+def print_teacher(rows):
     print("\nStudent vs teacher end to end on the static pipeline (same model, steps differ), ms:")
     print("| config | 4 steps | 28 steps | 50 steps | 28 / 4 | 50 / 4 |")
     print("|---|---|---|---|---|---|")

@@ -192,7 +192,7 @@ def test_unload_restores_plain_linear_and_flags():
     lora.unload_lora(model)
     assert not lora.lora_layers(model)
     layer = model.transformer_blocks[0].attn.to_out[0]
-    assert type(layer) is paddle.nn.Linear and not layer.weight.stop_gradient
+    assert type(layer) is type(tiny_model().transformer_blocks[0].attn.to_out[0]) and not layer.weight.stop_gradient
 
 
 def test_bf16_base_with_float32_adapters_fuses_in_float32():

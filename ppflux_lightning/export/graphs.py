@@ -11,11 +11,15 @@ from ..models import vae as vae_io
 
 
 class TransformerGraph(nn.Layer):
-    """Velocity of packed latents. Timestep and guidance are sigmas in [0, 1] ([B]); the output is float32."""
+    """Velocity of packed latents. Timestep and guidance are sigmas in [0, 1] ([B]); the output is float32.
+    The transformer's projections are fused (one q|k|v GEMM per stream, one q|k|v|mlp GEMM per single block) unless
+    `fuse=False`; the traced program then holds only the fused weights."""
 
-    def __init__(self, transformer):
+    def __init__(self, transformer, fuse=True):
         super().__init__()
         self.transformer = transformer
+        if fuse:
+            transformer.fuse_projections()
 
     def forward(self, hidden_states, encoder_hidden_states, pooled_projections, timestep, img_ids, txt_ids, guidance):
         out = self.transformer(
@@ -24,12 +28,8 @@ class TransformerGraph(nn.Layer):
         return out.astype("float32")
 
 
-class TransformerGraphNoGuidance(nn.Layer):
+class TransformerGraphNoGuidance(TransformerGraph):
     """As `TransformerGraph` for transformers without a guidance embedding (FLUX.1-schnell style)."""
-
-    def __init__(self, transformer):
-        super().__init__()
-        self.transformer = transformer
 
     def forward(self, hidden_states, encoder_hidden_states, pooled_projections, timestep, img_ids, txt_ids):
         out = self.transformer(hidden_states, encoder_hidden_states, pooled_projections, timestep, img_ids, txt_ids)

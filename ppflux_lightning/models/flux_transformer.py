@@ -6,7 +6,7 @@ import os
 import paddle
 import paddle.nn as nn
 
-from . import checkpoint
+from . import checkpoint, fused
 from .blocks import ContinuousAdaNorm, DoubleStreamBlock, SingleStreamBlock
 from .embeddings import CombinedTimestepTextEmbedding, rope_frequencies
 from .flux_config import FluxConfig
@@ -146,6 +146,16 @@ class FluxTransformer2DModel(nn.Layer):
     def enable_gradient_checkpointing(self, enabled=True):
         """Recompute each block in the backward pass (Paddle recompute) instead of storing its activations."""
         self.gradient_checkpointing = enabled
+        return self
+
+    def fuse_projections(self):
+        """One GEMM for each stream's q, k, v in double blocks and for q, k, v + MLP input in single blocks, used in
+        eval mode (see `models/fused.py`); call again after changing weights in place outside LoRA fuse/unfuse."""
+        fused.fuse_projections(self)
+        return self
+
+    def unfuse_projections(self):
+        fused.unfuse_projections(self)
         return self
 
     @property
