@@ -18,19 +18,23 @@ def _resolve(layer, path):
 
 
 def _is_plain(layer):
-    """True when `layer(x) == x W + b` with its current weight: an `nn.Linear`, or a LoRA layer whose adapter is
-    fused into the weight, disabled or at scale 0."""
-    if getattr(layer, "lora_A", None) is None:
-        return True
-    return layer.fused or not layer.enabled or layer.scale == 0.0
+    """True when `layer(x) == x W + b` with its current weight: an `nn.Linear`, or a LoRA layer none of whose
+    adapters runs unfused (each is fused into the weight, inactive, disabled or at weight 0)."""
+    running = getattr(layer, "running", None)
+    return running is None or not running()
+
+
+def _fused_state(layer):
+    """Which adapters (at which scaling) a LoRA layer has folded into its weight; () for a plain Linear."""
+    return tuple(sorted(getattr(layer, "fused_scales", {}).items()))
 
 
 def _signature(layers, tracing=False):
     """What the fused copy depends on. While tracing, parameters are graph values: only the layers are compared."""
     if tracing:
-        return tuple((id(layer), getattr(layer, "fused_scale", None)) for layer in layers)
+        return tuple((id(layer), _fused_state(layer)) for layer in layers)
     return tuple(
-        (id(layer), getattr(layer, "fused_scale", None), id(layer.weight), id(layer.bias), str(layer.weight.dtype))
+        (id(layer), _fused_state(layer), id(layer.weight), id(layer.bias), str(layer.weight.dtype))
         for layer in layers
     )
 
