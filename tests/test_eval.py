@@ -232,7 +232,7 @@ def test_clip_score_matches_model_logits_and_hand_formula():
 def test_clip_scorer_from_pretrained_reads_a_local_folder(tmp_path):
     from paddlenlp.transformers import CLIPConfig, CLIPModel
 
-    from ppflux_lightning.toy.tokenizers import make_clip_tokenizer
+    from ppflux_lightning.models.tokenizers import make_clip_tokenizer
 
     with pytest.raises(FileNotFoundError, match="no-clip"):
         clip_score.CLIPScorer.from_pretrained(str(tmp_path / "no-clip"))

@@ -18,6 +18,8 @@ import ppflux_lightning  # noqa: F401  (before paddle: sets the MKL switch)
 from ppflux_lightning.toy.build import BuildSettings, build_toy
 from ppflux_lightning.utils.atomic import atomic_file
 
+DEFAULT_FEATURES = os.path.join("assets", "toy", "task_features")
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -27,6 +29,10 @@ def main(argv=None):
     parser.add_argument("--vae-steps", type=int, default=None, help="override the VAE's training steps")
     parser.add_argument("--teacher-steps", type=int, default=None, help="override the teacher's training steps")
     parser.add_argument("--guidance-steps", type=int, default=None, help="override the guidance-distillation steps")
+    parser.add_argument("--eval-prompts", type=int, default=None, help="prompts of the report's few-step curve")
+    parser.add_argument("--features", default=None,
+                        help="toy FID feature network folder for the report's few-step curve (default: "
+                             "assets/toy/task_features when it exists)")
     parser.add_argument("--nproc", type=int, default=1, help="data-parallel CPU processes (paddle.distributed.launch)")
     args = parser.parse_args(argv)
     if args.nproc < 1:
@@ -34,6 +40,8 @@ def main(argv=None):
     if args.nproc > 1 and "PADDLE_TRAINER_ID" not in os.environ:
         return _launch(args.nproc, sys.argv[1:] if argv is None else argv)
     settings = BuildSettings.quick(args.seed) if args.quick else BuildSettings(seed=args.seed)
+    if args.eval_prompts is not None:
+        settings.eval_prompts = args.eval_prompts
     if args.vae_steps is not None:
         settings.vae_steps = args.vae_steps
     for name in ("teacher_steps", "guidance_steps"):
@@ -42,7 +50,10 @@ def main(argv=None):
             setattr(settings.teacher, name.replace("teacher_", ""), value)
     settings.teacher.__post_init__()  # re-check the overridden schedule
     out = args.out.rstrip("/")
-    report = build_toy(out, settings, samples_path=out + "-samples.png")
+    features = args.features
+    if features is None and os.path.isfile(os.path.join(DEFAULT_FEATURES, "task_features.json")):
+        features = DEFAULT_FEATURES
+    report = build_toy(out, settings, samples_path=out + "-samples.png", features_dir=features)
     if report is None:  # not process 0 of a data-parallel build
         return 0
     with atomic_file(out + "-report.json") as tmp:

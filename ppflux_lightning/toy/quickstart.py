@@ -198,7 +198,7 @@ class Sampler:
 
 def load_features(folder, train_steps=400, seed=0, image_size=task.IMAGE_SIZE):
     """The toy FID feature network in `folder`, trained there first when the folder holds none."""
-    from ..eval.features import TASK_FEATURES_WEIGHTS, TaskFeatures, train_task_features
+    from .features import TASK_FEATURES_WEIGHTS, TaskFeatures, train_task_features
 
     if not os.path.isfile(os.path.join(folder, TASK_FEATURES_WEIGHTS)):
         print(f"[quickstart] training the toy feature network for FID into {folder!r}", flush=True)
@@ -208,7 +208,7 @@ def load_features(folder, train_steps=400, seed=0, image_size=task.IMAGE_SIZE):
 
 def default_features_dir(model_dir, out_dir):
     """A feature network committed next to the toy model (`<model>/../task_features`), else `<out>/task_features`."""
-    from ..eval.features import TASK_FEATURES_WEIGHTS
+    from .features import TASK_FEATURES_WEIGHTS
 
     beside = os.path.join(os.path.dirname(os.path.abspath(model_dir.rstrip("/"))), "task_features")
     if os.path.isfile(os.path.join(beside, TASK_FEATURES_WEIGHTS)):

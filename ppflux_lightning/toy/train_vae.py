@@ -86,11 +86,10 @@ def train_vae(vae, images: np.ndarray, steps: int, batch_size: int = 16, lr: flo
 
 
 def foreground_weights(x: paddle.Tensor, object_weight: float) -> paddle.Tensor:
-    """[N, 1, H, W] loss weights: 1 on background pixels, ``object_weight`` where any channel is off-background."""
-    from .task import BACKGROUND
-
-    background = paddle.to_tensor([c / 127.5 - 1.0 for c in BACKGROUND], dtype=x.dtype).reshape([1, 3, 1, 1])
-    foreground = ((x - background).abs().max(axis=1, keepdim=True) > 0.05).astype(x.dtype)
+    """[N, 1, H, W] loss weights: 1 on background pixels, ``object_weight`` on coloured ones (the task's backgrounds
+    are grey: their chroma, max - min channel, stays below 14/255; every palette colour's is above 150/255)."""
+    chroma = x.max(axis=1, keepdim=True) - x.min(axis=1, keepdim=True)  # x in [-1, 1]: twice the 0-1 chroma
+    foreground = (chroma > 2 * 30 / 255).astype(x.dtype)
     return 1.0 + (object_weight - 1.0) * foreground
 
 
@@ -111,6 +110,14 @@ def reconstruction_psnr(vae, images: np.ndarray, batch_size: int = 64) -> float:
         rec = vae.decode(vae.encode(x).latent_dist.mean).sample
         mse.append((((rec.clip(-1, 1) - x) / 2.0) ** 2).mean(axis=[1, 2, 3]).numpy())
     return float(10.0 * math.log10(1.0 / max(float(np.concatenate(mse).mean()), 1e-12)))
+
+
+@paddle.no_grad()
+def reconstruct(vae, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """decode(encode mean) of uint8 images, as float [N, H, W, 3] in [0, 1]."""
+    out = [((vae.decode(vae.encode(to_tensor(images[i:i + batch_size])).latent_dist.mean).sample.clip(-1, 1) + 1) / 2)
+           .numpy().transpose(0, 2, 3, 1) for i in range(0, len(images), batch_size)]
+    return np.concatenate(out)
 
 
 def latent_factors(latents: np.ndarray):
