@@ -15,14 +15,14 @@ import paddle
 from ..engine import distributed
 from ..models.flux_transformer import FluxConfig, FluxTransformer2DModel
 from ..models.text_encoders import build_clip_text_model, build_t5_encoder, save_text_encoder
+from ..models.tokenizers import make_clip_tokenizer, make_t5_tokenizer, set_model_max_length
 from ..models.vae import save_vae
 from ..pipelines.flux_pipeline import MODEL_INDEX, FluxPipeline, latent_image_ids, pack_latents
 from ..schedulers.flow_match import FlowMatchConfig, FlowMatchEulerScheduler
 from ..utils.atomic import atomic_dir, atomic_file
 from . import task
-from ..models.tokenizers import make_clip_tokenizer, make_t5_tokenizer, set_model_max_length
-from .train_teacher import TeacherSchedule, train_teacher
 from .metrics import task_scores
+from .train_teacher import TeacherSchedule, train_teacher
 from .train_vae import build_vae, encode_mean, latent_factors, reconstruct, reconstruction_psnr, train_vae
 
 TOY_CONFIG_NAME = "toy_world.json"  # sampling settings the toy model was trained for, next to model_index.json
@@ -54,7 +54,8 @@ class BuildSettings:
     @classmethod
     def quick(cls, seed=0):
         return cls(dataset_size=64, vae_steps=8, vae_batch=4, teacher=TeacherSchedule(
-            steps=12, guidance_steps=4, batch_size=8, warmup=2, seed=seed), sample_steps=2, eval_prompts=8, curve_steps=(1, 2), seed=seed)
+            steps=12, guidance_steps=4, batch_size=8, warmup=2, seed=seed), sample_steps=2, eval_prompts=8,
+            curve_steps=(1, 2), seed=seed)
 
 
 def caption_corpus():

@@ -166,7 +166,8 @@ def read(image) -> Reading:
         objects.append(Detection(
             shape=ious[0][0], color=colors[int(votes.argmax())], position=positions[cell],
             pixels=int(round(len(ys) / scale)), purity=float(votes.max() / len(ys)), shape_iou=ious[0][1],
-            shape_margin=ious[0][1] - ious[1][1], boundary=int(round(_boundary(ys, xs, (height, width)) / scale ** 0.5)),
+            shape_margin=ious[0][1] - ious[1][1],
+            boundary=int(round(_boundary(ys, xs, (height, width)) / scale ** 0.5)),
         ))
     ambiguous = int(((index < 0) & ~background).sum())
     return Reading(tuple(objects), int(round(ambiguous / scale)), int(round(specks / scale)), task.IMAGE_SIZE)

@@ -128,3 +128,19 @@ class TaskFeatures:
         if tuple(x.shape[2:]) != (size, size):
             x = F.interpolate(x, size=[size, size], mode="bilinear", align_corners=False)
         return self.model.embed(x).numpy()
+
+
+def load_feature_spec(spec, train_steps=500, image_size=None):
+    """A FID feature network from `task:FOLDER` (this network, trained into FOLDER first when it holds none) or any
+    spec `eval.evaluate.load_feature_fn` takes (`inception:FILE.pdparams`)."""
+    from ..eval.evaluate import load_feature_fn
+
+    kind, sep, path = spec.partition(":")
+    if kind != "task" or not sep:
+        return load_feature_fn(spec)
+    if not path:
+        raise ValueError(f"feature network must be task:FOLDER or inception:FILE, got {spec!r}")
+    if not os.path.isfile(os.path.join(path, TASK_FEATURES_WEIGHTS)):
+        print(f"training the toy feature network into {path}")
+        train_task_features(path, steps=train_steps, **({"image_size": image_size} if image_size else {}))
+    return TaskFeatures(path)
