@@ -18,12 +18,10 @@ import paddle.nn.functional as F
 import ppflux_lightning  # noqa: F401  (before paddle)
 from ppflux_lightning.lora import add_lora, lora_parameters
 from ppflux_lightning.models.flux_transformer import FluxConfig, FluxTransformer2DModel
-from ppflux_lightning.objectives import Conditioning, DistillationRecipe, EulerSolver, sample_draws
+from ppflux_lightning.objectives import Conditioning, DistillationRecipe, config_defaults
 from ppflux_lightning.schedulers.flow_match import FlowMatchEulerScheduler
 
-OBJECTIVES = {"solver": {"num_timesteps": 100, "num_phases": 4},
-              "consistency": {"loss": "huber", "huber_c": 0.001}, "adversarial": {"weight": 0.1},
-              "dmd": {"weight": 0.01}, "reflow": {"weight": 0.01}}
+OBJECTIVES = config_defaults()  # the reference recipe: consistency + adversarial 0.1 + DMD 0.01 + reflow 0.01
 
 
 def build(args):
@@ -45,18 +43,18 @@ def build(args):
     cond = Conditioning(paddle.randn([b, args.text_len, args.text_dim]), paddle.randn([b, 64]), img_ids,
                         paddle.zeros([args.text_len, 3]), 3.5)
     latents = paddle.randn([b, side * side, 64])
-    solver = EulerSolver.from_scheduler(FlowMatchEulerScheduler(), side * side, 100, 4)
-    recipe = DistillationRecipe(model, OBJECTIVES, solver)
+    recipe = DistillationRecipe.from_config(model, FlowMatchEulerScheduler(), OBJECTIVES, side * side,
+                                            student_parameters=lora_parameters(model))
     return model, recipe, cond, latents
 
 
 def lightning_step(model, recipe, cond, latents, group, step, opt):
-    draws = sample_draws(0, step, range(latents.shape[0]), latents.shape[1:])
+    draws = recipe.draws(0, step, range(latents.shape[0]), latents.shape[1:])
     losses = recipe.losses(cond, latents, draws, group)
     paddle.add_n(list(losses.values())).backward()
     opt[group].step()
     opt[group].clear_grad()
-    for p in recipe.parameters("discriminator") + lora_parameters(model):
+    for p in recipe.parameters("discriminator") + recipe.parameters("generator"):
         p.clear_gradient(set_to_zero=False)
 
 
@@ -73,8 +71,7 @@ def flow_matching_step(model, recipe, cond, latents, group, step, opt):
 
 
 def optimizers(model, recipe):
-    return {"generator": paddle.optimizer.AdamW(parameters=lora_parameters(model), learning_rate=1e-5),
-            "discriminator": paddle.optimizer.AdamW(parameters=recipe.parameters("discriminator"), learning_rate=1e-5)}
+    return {g: paddle.optimizer.AdamW(parameters=recipe.parameters(g), learning_rate=1e-5) for g in recipe.groups}
 
 
 def sync():

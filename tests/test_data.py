@@ -42,11 +42,11 @@ def random_image(seed, w=24, h=20):
 
 
 def expected_pixels(image, res=RES):
-    """Hand-computed reference: bicubic resize of the shorter side, centre crop, x/127.5 - 1, HWC -> CHW."""
+    """Hand-computed reference: Lanczos resize of the shorter side, centre crop, x/127.5 - 1, HWC -> CHW."""
     w, h = image.size
     s = res / min(w, h)
     nw, nh = max(res, round(w * s)), max(res, round(h * s))
-    arr = np.asarray(image.resize((nw, nh), Image.BICUBIC), dtype=np.float32)
+    arr = np.asarray(image.resize((nw, nh), Image.LANCZOS), dtype=np.float32)
     top, left = (nh - res) // 2, (nw - res) // 2
     return (arr[top:top + res, left:left + res] / 127.5 - 1.0).transpose(2, 0, 1)
 

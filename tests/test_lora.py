@@ -65,14 +65,16 @@ def test_dropout_only_in_training():
     assert not np.allclose(layer(x).numpy(), first)
 
 
-def test_default_targets_are_the_twelve_double_block_modules():
+def test_default_targets_are_the_twelve_names_matched_by_suffix():
     model = tiny_model()
+    singles = len(model.single_transformer_blocks)
     names = lora.add_lora(model, rank=4)
     twelve = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
               "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
-              "ff_context.net.2"]  # fmt: skip  (reference.md section 4)
+              "ff_context.net.2"]  # fmt: skip  (reference.md section 4: PEFT suffix matching)
     expected = [f"transformer_blocks.{i}.{t}" for i in range(2) for t in twelve]
-    assert sorted(names) == sorted(expected) and len(names) == 24
+    expected += [f"single_transformer_blocks.{i}.attn.to_{t}" for i in range(singles) for t in "qkv"]
+    assert sorted(names) == sorted(expected) and len(names) == 24 + 3 * singles
 
 
 def test_suffixes_and_regex_select_single_blocks():

@@ -1,5 +1,6 @@
-"""FLUX-Lightning objectives: each loss against a hand computation, gradient routing, D/G alternation, batching,
-and a few optimizer steps lowering the consistency loss on a tiny model."""
+"""FLUX-Lightning objectives against reference.md section 4: each loss and the D head on small tensors against numpy
+computations of the published formulas, real/fake noise, gradient routing, D/G alternation, batching, and a few
+optimizer steps lowering the consistency loss on a tiny model."""
 
 from types import SimpleNamespace
 
@@ -10,7 +11,19 @@ from train_fixtures import tiny_config
 
 from ppflux_lightning.lora import add_lora, lora_disabled, lora_parameters
 from ppflux_lightning.models.flux_transformer import FluxTransformer2DModel
-from ppflux_lightning.objectives import Conditioning, DistillationRecipe, EulerSolver, StepContext, sample_draws
+from ppflux_lightning.objectives import (
+    GAUSSIAN,
+    OBJECTIVES,
+    UNIFORM,
+    Conditioning,
+    DistillationRecipe,
+    EulerSolver,
+    Objective,
+    StepContext,
+    config_defaults,
+    sample_draws,
+)
+from ppflux_lightning.objectives.adversarial import DiscriminatorStep
 from ppflux_lightning.objectives.base import distance, jump, renoise
 from ppflux_lightning.objectives.consistency import ConsistencyLoss
 from ppflux_lightning.objectives.discriminator import (
@@ -27,11 +40,8 @@ T = paddle.to_tensor
 
 
 def full_objectives(**enabled):
-    cfg = {"solver": {"num_timesteps": 20, "num_phases": 4},
-           "consistency": {"enabled": True, "weight": 1.0, "loss": "huber", "huber_c": 0.001, "teacher_steps": 1},
-           "adversarial": {"enabled": True, "weight": 0.1, "loss": "hinge", "lr": 1e-5, "betas": [0.0, 0.999]},
-           "dmd": {"enabled": True, "weight": 0.01},
-           "reflow": {"enabled": True, "weight": 0.01, "loss": "huber", "huber_c": 0.001}}
+    cfg = config_defaults()
+    cfg["solver"] = {"num_timesteps": 20, "num_phases": 4}
     for name, on in enabled.items():
         cfg[name]["enabled"] = on
     return cfg
@@ -52,12 +62,18 @@ def tiny():
     cond = Conditioning(paddle.randn([2, 5, cfg.joint_attention_dim]), paddle.randn([2, cfg.pooled_projection_dim]),
                         img_ids, paddle.zeros([5, 3]), 3.5)
     latents = paddle.randn([2, h * w, cfg.in_channels])
-    solver = EulerSolver(np.linspace(0.05, 1.0, 20), num_phases=4)
+    solver = EulerSolver(np.linspace(0.01, 1.0, 21), num_phases=4)
     return SimpleNamespace(model=model, cond=cond, latents=latents, solver=solver)
 
 
-def draws_for(tiny, step=1):
-    return sample_draws(0, step, [10, 11], tiny.latents.shape[1:])
+def draws_for(tiny, step=1, recipe=None):
+    recipe = recipe or DistillationRecipe(tiny.model, full_objectives(), tiny.solver)
+    return recipe.draws(0, step, [10, 11], tiny.latents.shape[1:])
+
+
+def build(cls, **cfg):
+    """One objective from its class defaults with `cfg` on top (sections that build one objective)."""
+    return cls.build(None, cls.name, **cfg)[0]
 
 
 # ----------------------------------------------------------------- distances and formulas
@@ -79,88 +95,218 @@ def test_renoise_and_jump_by_hand():
     np.testing.assert_allclose(jump(x, eps, T([0.6]), T([0.2])).numpy()[0], [1.0 - 0.2, -2.0 - 0.2], rtol=1e-6)
 
 
-def test_gan_losses_by_hand():
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def test_gan_losses_are_the_reference_formulas():
     real = [T([[0.5, 2.0]]), T([[-1.0, 0.0]])]
-    fake = [T([[-2.0, 0.5]]), T([[0.0, 1.0]])]
+    fake = [T([[-2.0, 0.5]]), T([[0.0, 1.5]])]
     r, f = [x.numpy() for x in real], [x.numpy() for x in fake]
-    hinge = np.mean([np.maximum(0, 1 - a).mean() + np.maximum(0, 1 + b).mean() for a, b in zip(r, f)])
-    lsgan = np.mean([((a - 1) ** 2).mean() + (b**2).mean() for a, b in zip(r, f)])
-    wgan = np.mean([b.mean() - a.mean() for a, b in zip(r, f)])
-    assert float(discriminator_loss(real, fake, "hinge")) == pytest.approx(hinge, rel=1e-6)
-    assert float(discriminator_loss(real, fake, "lsgan")) == pytest.approx(lsgan, rel=1e-6)
-    assert float(discriminator_loss(real, fake, "wgan")) == pytest.approx(wgan, rel=1e-6)
-    assert float(generator_loss(fake, "hinge")) == pytest.approx(-np.mean([b.mean() for b in f]), rel=1e-6)
-    assert float(generator_loss(fake, "lsgan")) == pytest.approx(np.mean([((b - 1) ** 2).mean() for b in f]), rel=1e-6)
+    relu = lambda x: np.maximum(0, x)
+    # hinge ("pcm"): D mean relu(1 + fake) + mean relu(1 - real); G mean relu(1 - fake) (saturating), per head
+    hinge_d = np.mean([relu(1 + b).mean() + relu(1 - a).mean() for a, b in zip(r, f)])
+    hinge_g = np.mean([relu(1 - b).mean() for b in f])
+    # lsgan with a sigmoid: D mse(sigmoid(real), 1) + mse(sigmoid(fake), 0); G mse(sigmoid(fake), 1)
+    lsgan_d = np.mean([((_sigmoid(a) - 1) ** 2).mean() + (_sigmoid(b) ** 2).mean() for a, b in zip(r, f)])
+    lsgan_g = np.mean([((_sigmoid(b) - 1) ** 2).mean() for b in f])
+    wgan_d = np.mean([b.mean() - a.mean() for a, b in zip(r, f)])
+    wgan_g = np.mean([-b.mean() for b in f])
+    for kind, d, g in (("hinge", hinge_d, hinge_g), ("lsgan", lsgan_d, lsgan_g), ("wgan", wgan_d, wgan_g)):
+        assert float(discriminator_loss(real, fake, kind)) == pytest.approx(d, rel=1e-6), kind
+        assert float(generator_loss(fake, kind)) == pytest.approx(g, rel=1e-6), kind
+
+
+def test_hinge_generator_loss_saturates_above_one():
+    fake = T([[2.0, 0.5]], stop_gradient=False)
+    generator_loss([fake], "hinge").backward()
+    np.testing.assert_allclose(fake.grad.numpy(), [[0.0, -0.5]])  # d/df mean relu(1 - f): 0 above 1, -1/n below
 
 
 def test_consistency_loss_by_hand():
-    ctx = SimpleNamespace(pred=T([[0.1, 0.2]]), results={"core.target": T([[0.0, 0.5]])})
-    out = ConsistencyLoss(weight=2.0, loss="huber", huber_c=0.01).losses(
-        SimpleNamespace(pred=ctx.pred, target=ctx.results["core.target"]))
+    pred, target = T([[0.1, 0.2]]), T([[0.0, 0.5]])
+    out = build(ConsistencyLoss, weight=2.0, loss="huber", huber_c=0.01).losses(
+        SimpleNamespace(pred=pred, target=target))
     d = np.array([0.1, -0.3])
     assert float(out["consistency"]) == pytest.approx(2.0 * np.mean(np.sqrt(d**2 + 1e-4) - 0.01), rel=1e-6)
 
 
-def test_dmd_loss_and_gradient_by_hand():
+def _dmd_case(normalizer):
     rng = np.random.default_rng(0)
     pred_np, x_np, vr, vf = (rng.standard_normal((2, 3, 4)).astype("float32") for _ in range(4))
     s = np.array([0.3, 0.7], dtype="float32")
     pred = T(pred_np, stop_gradient=False)
-    ctx = SimpleNamespace(pred=pred, phase_sigma={"dmd": T(s)},
+    loss_fn = build(DMDLoss, weight=0.5, normalizer=normalizer)
+    ctx = SimpleNamespace(pred=pred, in_phase=lambda stream: (None, T(s)),
                           results={"dmd.x": T(x_np), "dmd.real": T(vr), "dmd.fake": T(vf)})
-    loss = DMDLoss(weight=0.5).losses(ctx)["dmd"]
-    x0_real, x0_fake = x_np - s[:, None, None] * vr, x_np - s[:, None, None] * vf
-    scale = np.abs(pred_np - x0_real).mean(axis=(1, 2), keepdims=True) + 1e-5
-    grad = (x0_fake - x0_real) / scale
-    assert float(loss) == pytest.approx(0.5 * np.mean(grad**2), rel=1e-5)
+    loss = loss_fn.losses(ctx)["dmd"]
     loss.backward()
-    np.testing.assert_allclose(pred.grad.numpy(), 0.5 * 2 * grad / grad.size, rtol=1e-5, atol=1e-8)
+    return loss, pred.grad.numpy(), pred_np, x_np, vr, vf, s[:, None, None]
 
 
-def test_reflow_loss_by_hand():
-    pred = T([[[0.2, -0.4]]])
+def test_dmd_reference_coefficient_and_normaliser_by_hand():
+    loss, grad, pred, _, v_real, v_fake, _ = _dmd_case("reference")
+    coeff = v_real - v_fake                                                  # score_fake - score_real
+    norm = np.abs(pred - v_real).mean(axis=(1, 2), keepdims=True) + 1e-5    # mean|pred - v_real| per sample
+    goal = pred - coeff / norm
+    assert float(loss) == pytest.approx(0.5 * np.mean((pred - goal) ** 2), rel=1e-5)
+    np.testing.assert_allclose(grad, 0.5 * 2 * (pred - goal) / pred.size, rtol=1e-5, atol=1e-8)
+
+
+def test_dmd_x0_variant_by_hand():
+    loss, grad, pred, x, v_real, v_fake, s = _dmd_case("x0")
+    x0_real, x0_fake = x - s * v_real, x - s * v_fake
+    step = (x0_fake - x0_real) / (np.abs(pred - x0_real).mean(axis=(1, 2), keepdims=True) + 1e-5)
+    assert float(loss) == pytest.approx(0.5 * np.mean(step**2), rel=1e-5)
+    np.testing.assert_allclose(grad, 0.5 * 2 * step / pred.size, rtol=1e-5, atol=1e-8)
+
+
+def _reflow(step):
+    grid = np.array([0.1, 0.25, 0.5, 0.75, 1.0], dtype="float32")
     v = T([[[1.0, 2.0]]])
-    ctx = SimpleNamespace(pred=pred, phase_sigma={"reflow": T([0.5])}, sigma_end=T([0.25]),
-                          eps={"reflow": T([[[0.1, 0.3]]])}, velocity=lambda x, s, adapters: v)
-    out = ReflowLoss(weight=3.0, loss="l2").losses(ctx)["reflow"]
-    x_r = ((1 - 0.5) * np.array([0.2, -0.4]) + 0.25 * np.array([0.1, 0.3])) / 0.75
+    seen = {}
+
+    def velocity(x, sigma, adapters):
+        seen["sigma"] = float(sigma[0])
+        return v
+
+    ctx = SimpleNamespace(pred=T([[[0.2, -0.4]]]), sigma_end=T([0.25]), in_phase=lambda stream: (np.array([2]),
+                          T(grid[[2]])), grid_sigma=lambda pos: T(grid[np.asarray(pos)]),
+                          gaussian=lambda stream: T([[[0.1, 0.3]]]), velocity=velocity)
+    out = build(ReflowLoss, weight=3.0, loss="l2", step=step).losses(ctx)["reflow"]
+    return float(out), seen["sigma"]
+
+
+def test_reflow_reference_step_by_hand():
+    """r at grid position 2: input noised to sigmas_prev[r] = 0.5, velocity at 0.5, step e - sigmas[r] = 0.25 - 0.75
+    (`consistent`: 0.25 - 0.5)."""
+    out, sigma = _reflow("reference")
+    x_r = ((1 - 0.5) * np.array([0.2, -0.4]) + (0.5 - 0.25) * np.array([0.1, 0.3])) / (1 - 0.25)
+    again = x_r + (0.25 - 0.75) * np.array([1.0, 2.0])
+    assert sigma == pytest.approx(0.5)
+    assert out == pytest.approx(3.0 * np.mean((again - np.array([0.2, -0.4])) ** 2), rel=1e-6)
+    out, _ = _reflow("consistent")
     again = x_r + (0.25 - 0.5) * np.array([1.0, 2.0])
-    assert float(out) == pytest.approx(3.0 * np.mean((again - np.array([0.2, -0.4])) ** 2), rel=1e-6)
+    assert out == pytest.approx(3.0 * np.mean((again - np.array([0.2, -0.4])) ** 2), rel=1e-6)
 
 
 # ----------------------------------------------------------------- discriminator head
-def test_head_equals_the_reference_grid_head_at_any_shape():
-    """The token head equals a 1x1-conv + GroupNorm head on the 2-D grid (the reference layout) for any h x w."""
+def _group_norm(x, groups, gamma, beta, eps=1e-5):
+    """numpy GroupNorm over [B, C, N] (statistics per sample and channel group over all positions)."""
+    b, c, n = x.shape
+    g = x.reshape(b, groups, c // groups * n)
+    g = (g - g.mean(-1, keepdims=True)) / np.sqrt(g.var(-1, keepdims=True) + eps)
+    return g.reshape(b, c, n) * gamma[None, :, None] + beta[None, :, None]
+
+
+def test_head_is_the_reference_head_by_hand():
+    """h1 = lrelu(GN32(conv1 f)), h = lrelu(GN32(conv2 h1)) + h1, logit = conv_out h, on a [B, C, h*w] grid (1x1
+    convolutions are matmuls over channels); the residual adds h1, not the raw feature."""
     paddle.seed(1)
-    channels = 48
+    channels = 64
     head = DiscriminatorHead(channels)
-    assert group_count(channels) == 24 and group_count(3072) == 32 and group_count(7) == 7
-    for h, w in ((4, 4), (3, 5)):
-        tokens = paddle.randn([2, h * w, channels])
-        grid = tokens.reshape([2, h, w, channels]).transpose([0, 3, 1, 2])
+    for layer in (head.norm1.norm, head.norm2.norm):  # non-trivial affine GroupNorm parameters
+        layer.weight.set_value(paddle.rand([channels]) + 0.5)
+        layer.bias.set_value(paddle.randn([channels]) * 0.1)
+    assert group_count(channels) == 32 and group_count(3072) == 32 and group_count(7) == 7
+    lrelu = lambda x: np.where(x > 0, x, 0.01 * x)
+    w = lambda layer: layer.weight.numpy()  # Paddle Linear weight [in, out]
+    for h, wd in ((4, 4), (3, 5)):
+        tokens = paddle.randn([2, h * wd, channels]) * 30  # large unnormalised features, like FLUX's
+        f = tokens.numpy().transpose(0, 2, 1)  # [B, C, N]
+        conv = lambda layer, x: np.einsum("bcn,co->bon", x, w(layer)) + layer.bias.numpy()[None, :, None]
+        gn = lambda norm, x: _group_norm(x, 32, norm.norm.weight.numpy(), norm.norm.bias.numpy())
+        h1 = lrelu(gn(head.norm1, conv(head.conv1, f)))
+        hid = lrelu(gn(head.norm2, conv(head.conv2, h1))) + h1
+        ref = conv(head.conv_out, hid)[:, 0]
+        np.testing.assert_allclose(head(tokens).numpy(), ref, rtol=1e-4, atol=1e-4)
+        assert ref.std() < 10  # a read-out of normalised activations, not of the raw features (scale 30)
 
-        def conv(layer, x):
-            weight = layer.weight.transpose([1, 0]).unsqueeze(-1).unsqueeze(-1)  # [out, in, 1, 1]
-            return paddle.nn.functional.conv2d(x, weight, layer.bias)
 
-        def gn(norm, x):
-            return paddle.nn.functional.group_norm(x, norm.norm._num_groups, norm.norm._epsilon,
-                                                   norm.norm.weight, norm.norm.bias)
+# ----------------------------------------------------------------- defaults, streams, noise
+def test_config_defaults_come_from_the_objectives():
+    from ppflux_lightning.engine.schema import DEFAULTS
 
-        act = lambda x: paddle.nn.functional.leaky_relu(x, 0.01)
-        hid = act(gn(head.norm1, conv(head.conv1, grid)))
-        hid = act(gn(head.norm2, conv(head.conv2, hid)))
-        ref = conv(head.conv_out, hid + grid)[:, 0].reshape([2, h * w])
-        np.testing.assert_allclose(head(tokens).numpy(), ref.numpy(), rtol=1e-4, atol=1e-5)
+    objectives = DEFAULTS["objectives"]
+    for name in ("consistency", "adversarial", "dmd", "reflow"):
+        assert objectives[name] == OBJECTIVES.get(name).defaults
+    ref = objectives
+    assert ref["adversarial"]["weight"] == 0.1 and ref["adversarial"]["loss"] == "hinge"
+    assert ref["adversarial"]["weight_decay"] == 1e-3 and ref["adversarial"]["noise"] == "independent"
+    assert ref["dmd"] == {"enabled": True, "weight": 0.01, "normalizer": "reference"}
+    assert ref["reflow"]["step"] == "reference" and ref["reflow"]["weight"] == 0.01
+    assert ref["solver"] == {"num_timesteps": 100, "num_phases": 4}
+    with pytest.raises(ConfigError, match="objectives.dmd.normaliser"):
+        DMDLoss.build(None, "dmd", normaliser="x0")
+
+
+def test_streams_are_declared_by_the_enabled_objectives():
+    recipe = DistillationRecipe(FluxTransformer2DModel(tiny_config()), full_objectives(dmd=False), EulerSolver(
+        np.linspace(0.01, 1.0, 21), 4))
+    assert set(recipe.streams) == {"noise", "index", "adversarial.u", "adversarial.real_eps", "adversarial.fake_eps",
+                                   "reflow.u", "reflow.eps"}
+    draws = recipe.draws(0, 3, [0, 1], (4, 2))
+    assert draws["noise"].shape == (2, 4, 2) and draws["reflow.u"].shape == (2,)
+    # A stream's numbers depend on its name, not on which other streams exist.
+    alone = sample_draws(0, 3, [0, 1], (4, 2), {"reflow.eps": GAUSSIAN})
+    np.testing.assert_array_equal(alone["reflow.eps"], draws["reflow.eps"])
+
+
+def test_real_and_fake_get_different_noise(tiny):
+    recipe = DistillationRecipe(tiny.model, full_objectives(), tiny.solver)
+    draws = draws_for(tiny, step=4, recipe=recipe)
+    draws["adversarial.u"] = np.array([0.5, 0.9])  # in-phase sigma above the phase end: the noise term is non-zero
+    ctx = StepContext(tiny.model, lora_disabled, tiny.cond, tiny.latents, draws, tiny.solver, train_student=False)
+    step = next(o for o in recipe.objectives if isinstance(o, DiscriminatorStep))
+    x = tiny.latents
+    real, fake = step._noisy(ctx, x, real=True).numpy(), step._noisy(ctx, x).numpy()
+    assert np.abs(real - fake).min(axis=(1, 2)).max() > 0 and not np.allclose(real, fake)
+    pos, sigma = ctx.in_phase("adversarial.u")
+    s, e = sigma.numpy()[:, None, None], ctx.sigma_end.numpy()[:, None, None]
+    expect = lambda eps: ((1 - s) * x.numpy() + (s - e) * eps) / (1 - e)
+    np.testing.assert_allclose(real, expect(draws["adversarial.real_eps"]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fake, expect(draws["adversarial.fake_eps"]), rtol=1e-5, atol=1e-6)
+    shared = full_objectives()
+    shared["adversarial"]["noise"] = "shared"
+    step = DistillationRecipe(tiny.model, shared, tiny.solver).objectives[0]
+    np.testing.assert_array_equal(step._noisy(ctx, x, real=True).numpy(), step._noisy(ctx, x).numpy())
+
+
+def test_an_objective_declared_in_one_place_trains_through_the_recipe(tiny):
+    """A new objective (defaults, streams, group, loss) needs no change outside its own class."""
+
+    @OBJECTIVES.register(name="test_anchor")
+    class Anchor(Objective):
+        name = "test_anchor"
+        defaults = {"enabled": True, "weight": 2.0}
+        streams = {"eps": GAUSSIAN, "u": UNIFORM}
+
+        def losses(self, ctx):
+            x = ctx.pred + 0.0 * ctx.gaussian(self.stream("eps"))
+            return {"test_anchor": self.weight * x.square().mean() * float(ctx.draws[self.stream("u")].size > 0)}
+
+    try:
+        cfg = full_objectives(adversarial=False, dmd=False, reflow=False)
+        cfg["test_anchor"] = {}
+        recipe = DistillationRecipe(tiny.model, cfg, tiny.solver)
+        assert "test_anchor.eps" in recipe.streams
+        losses = recipe.losses(tiny.cond, tiny.latents, draws_for(tiny, recipe=recipe), "generator")
+        assert set(losses) == {"consistency", "test_anchor"} and float(losses["test_anchor"]) > 0
+        assert config_defaults()["test_anchor"] == {"enabled": True, "weight": 2.0}
+    finally:
+        OBJECTIVES._items.pop("test_anchor")
 
 
 # ----------------------------------------------------------------- the recipe on a tiny model
 def test_dg_alternation_and_groups(tiny):
-    recipe = DistillationRecipe(tiny.model, full_objectives(), tiny.solver)
+    recipe = DistillationRecipe(tiny.model, full_objectives(), tiny.solver, student_parameters=lora_parameters(
+        tiny.model))
     assert [recipe.group_at(s) for s in range(4)] == ["discriminator", "generator"] * 2
     names = {o.name: o.group for o in recipe.objectives}
     assert names == {"consistency": "generator", "adversarial_d": "discriminator", "adversarial_g": "generator",
                      "dmd": "generator", "reflow": "generator"}
+    assert len(recipe.parameters("generator")) == len(lora_parameters(tiny.model))
+    assert len(recipe.parameters("discriminator")) == len(recipe.objectives[0].parameters())
     plain = DistillationRecipe(tiny.model, full_objectives(adversarial=False), tiny.solver)
     assert [plain.group_at(s) for s in range(3)] == ["generator"] * 3
     with pytest.raises(ConfigError, match="no generator objective"):
@@ -193,42 +339,49 @@ def test_gradients_reach_only_the_lora_and_only_the_heads_for_the_d_loss(tiny):
             p.clear_gradient(set_to_zero=False)
 
 
-def test_target_and_pred_match_a_direct_computation(tiny):
-    """The context's batched forwards give the recipe's formulas computed one forward at a time."""
-    draws = draws_for(tiny, step=3)
-    ctx = StepContext(tiny.model, lora_disabled, tiny.cond, tiny.latents, draws, tiny.solver, train_student=True)
+def test_pred_and_target_are_the_reference_formulas(tiny):
+    """pred = x_t + (sigmas_prev[start] - sigmas[i]) v_s(x_t, sigmas[i]); x_prev = x_t + (sigmas_prev[i] - sigmas[i])
+    v_teacher(x_t, sigmas[i]); target = x_prev + (sigmas_prev[start] - sigmas_prev[i]) v_s(x_prev, sigmas_prev[i]):
+    computed one forward at a time against the context's batched forwards."""
     recipe = DistillationRecipe(tiny.model, full_objectives(adversarial=False, reflow=False), tiny.solver)
+    draws = draws_for(tiny, step=3, recipe=recipe)
+    draws["index"] = np.array([0.26, 0.51])  # i = 5 (a phase start: target = the teacher step) and i = 10
+    ctx = StepContext(tiny.model, lora_disabled, tiny.cond, tiny.latents, draws, tiny.solver, train_student=True)
     for stage, adapters in (("teacher", False), ("student", True)):
         req = ctx.core_requests(stage, True)
-        req.update(DMDLoss().requests(ctx, stage))
+        req.update(recipe.objectives[1].requests(ctx, stage))
         ctx.run_batched(req, adapters)
     ctx.finish_target()
     losses = recipe.losses(tiny.cond, tiny.latents, draws, "generator")
 
     m, c = tiny.model, tiny.cond
     kw = c.kwargs(2)
-    idx = np.minimum((draws["index"] * 20).astype(int), 19)
-    s = tiny.solver.sigmas
-    end, prev = tiny.solver.phase_end[idx], np.maximum(idx - 1, tiny.solver.phase_end[idx])
+    idx = np.array([5, 10])
+    grid = np.linspace(0.01, 1.0, 21)
+    sig, prev = grid[idx + 1], grid[idx]           # sigmas[i], sigmas_prev[i]
+    end = grid[np.array([5, 10])]                  # phase starts 0, 5, 10, 15: start(5) = 5, start(10) = 10
     col = lambda a: T(a.astype("float32")).reshape([-1, 1, 1])
-    x_t = (1 - col(s[idx])) * tiny.latents + col(s[idx]) * T(draws["noise"])
+    x_t = (1 - col(sig)) * tiny.latents + col(sig) * T(draws["noise"])
     with paddle.no_grad():
-        v_s = m(x_t, timestep=T(s[idx].astype("float32")), **kw)
+        v_s = m(x_t, timestep=T(sig.astype("float32")), **kw)
         with lora_disabled(m):
-            v_t = m(x_t, timestep=T(s[idx].astype("float32")), **kw)
-        x_prev = x_t + col(s[prev] - s[idx]) * v_t
-        v_p = m(x_prev, timestep=T(s[prev].astype("float32")), **kw)
-    pred = x_t + col(s[end] - s[idx]) * v_s
-    target = x_prev + col(s[end] - s[prev]) * v_p
+            v_t = m(x_t, timestep=T(sig.astype("float32")), **kw)
+        x_prev = x_t + col(prev - sig) * v_t
+        v_p = m(x_prev, timestep=T(prev.astype("float32")), **kw)
+    pred = x_t + col(end - sig) * v_s
+    target = x_prev + col(end - prev) * v_p
     np.testing.assert_allclose(ctx.pred.numpy(), pred.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(ctx.target.numpy(), target.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ctx.target.numpy(), x_prev.numpy(), rtol=1e-4, atol=1e-5)  # i at a phase start
+    assert float((ctx.pred - x_t).abs().min(axis=[1, 2]).min()) > 0  # no zero-length jump, even at a phase start
     huber = np.mean(np.sqrt((pred.numpy() - target.numpy()) ** 2 + 1e-6) - 1e-3)
     assert float(losses["consistency"]) == pytest.approx(huber, rel=1e-4)
 
 
 def test_multi_step_teacher_target_walks_further(tiny):
-    draws = draws_for(tiny, step=5)
     one = DistillationRecipe(tiny.model, full_objectives(adversarial=False, dmd=False, reflow=False), tiny.solver)
+    draws = draws_for(tiny, step=5, recipe=one)
+    draws["index"] = np.array([0.45, 0.95])  # i = 9 and 19: two teacher steps stay inside the phase
     cfg = full_objectives(adversarial=False, dmd=False, reflow=False)
     cfg["consistency"]["teacher_steps"] = 3
     three = DistillationRecipe(tiny.model, cfg, tiny.solver)
@@ -245,7 +398,7 @@ def test_a_few_steps_lower_the_consistency_loss(tiny):
     cfg["consistency"]["loss"] = "l2"
     recipe = DistillationRecipe(model, cfg, tiny.solver)
     opt = paddle.optimizer.AdamW(learning_rate=1e-2, parameters=lora_parameters(model), weight_decay=0.0)
-    draws = draws_for(tiny, step=2)
+    draws = draws_for(tiny, step=2, recipe=recipe)
     history = []
     for _ in range(10):
         loss = recipe.losses(tiny.cond, tiny.latents, draws, "generator")["consistency"]
@@ -259,7 +412,7 @@ def test_a_few_steps_lower_the_consistency_loss(tiny):
 def test_gradient_checkpointing_gives_the_same_gradients(tiny):
     """Recomputed blocks must see the adapter state of their forward (teacher features are computed adapters-off)."""
     recipe = DistillationRecipe(tiny.model, full_objectives(), tiny.solver)
-    draws = draws_for(tiny, step=7)
+    draws = draws_for(tiny, step=7, recipe=recipe)
     grads = []
     for checkpointing in (False, True):
         tiny.model.enable_gradient_checkpointing(checkpointing)

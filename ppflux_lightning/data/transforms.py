@@ -30,7 +30,8 @@ def open_rgb(source):
 
 
 class ImageTransform:
-    """Resize the shorter side to `resolution` (bicubic), crop a square, optionally flip, scale to float32 [-1, 1].
+    """Resize the shorter side to `resolution` (Lanczos, as the reference), crop a square, optionally flip, scale to
+    float32 [-1, 1].
 
     The random crop offset and flip come from a generator seeded by (seed, sample index), so a sample looks the same
     on any rank, worker or resume.
@@ -48,7 +49,7 @@ class ImageTransform:
         scale = size / min(w, h)
         new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
         if (new_w, new_h) != (w, h):
-            image = image.resize((new_w, new_h), Image.BICUBIC)
+            image = image.resize((new_w, new_h), Image.LANCZOS)
         rng = np.random.default_rng([self.seed, index])
         if self.center_crop:
             left, top = (new_w - size) // 2, (new_h - size) // 2

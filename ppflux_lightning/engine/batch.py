@@ -13,6 +13,7 @@ import paddle
 from ..models.latents import latent_image_ids, pack_latents
 from ..objectives.base import Conditioning
 from ..schedulers.flow_match import FlowMatchEulerScheduler
+from ..utils.errors import ConfigError
 
 
 def vae_scale_factor(pretrained):
@@ -27,8 +28,11 @@ def vae_scale_factor(pretrained):
 class BatchEncoder:
     """`encode(batch) -> (packed latents float32, Conditioning)` for the trainer."""
 
-    def __init__(self, pretrained, transformer, guidance, max_sequence_length=512):
+    def __init__(self, pretrained, transformer, guidance, max_sequence_length=512, vae_latents="sample"):
+        if vae_latents not in ("sample", "mode"):
+            raise ConfigError(f"model.vae_latents must be sample or mode, got {vae_latents!r}")
         self.pretrained, self.transformer, self.max_sequence_length = pretrained, transformer, max_sequence_length
+        self.vae_latents = vae_latents
         self.guidance = float(guidance) if transformer.config.guidance_embeds else None
         self._pipe = None
 
@@ -60,7 +64,9 @@ class BatchEncoder:
         return self._pipe
 
     @paddle.no_grad()
-    def encode(self, batch):
+    def encode(self, batch, posterior_noise=None):
+        """`posterior_noise(shape) -> [B, *shape]` standard normals for the VAE posterior draw (`vae_latents:
+        sample`; without it the VAE draws from Paddle's global generator). Cached latents are used as stored."""
         if "prompt_embeds" in batch:
             prompt_embeds = paddle.to_tensor(batch["prompt_embeds"]).astype("float32")
             pooled = paddle.to_tensor(batch["pooled_prompt_embeds"]).astype("float32")
@@ -73,7 +79,13 @@ class BatchEncoder:
             from ..models import vae as vae_io
 
             pipe = self.pipe
-            latents = vae_io.encode(pipe.vae, paddle.to_tensor(batch["pixel_values"]).astype(pipe.vae.dtype))
+            pixels = paddle.to_tensor(batch["pixel_values"]).astype(pipe.vae.dtype)
+            noise = None
+            if self.vae_latents == "sample" and posterior_noise is not None:
+                factor = vae_scale_factor(self.pretrained)
+                c = pipe.vae.config.latent_channels
+                noise = posterior_noise([c, pixels.shape[2] // factor, pixels.shape[3] // factor])
+            latents = vae_io.encode(pipe.vae, pixels, sample=self.vae_latents == "sample", noise=noise)
         h, w = latents.shape[-2:]
         txt_ids = paddle.zeros([prompt_embeds.shape[1], 3], dtype="float32")
         cond = Conditioning(prompt_embeds, pooled, latent_image_ids(h, w), txt_ids, self.guidance)

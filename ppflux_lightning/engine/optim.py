@@ -24,12 +24,15 @@ def lr_factor(step, schedule, warmup_steps=0, max_steps=1, min_ratio=0.0):
 
 
 def adamw(parameters, lr, betas=(0.9, 0.999), weight_decay=0.0, eps=1e-8):
-    """Paddle AdamW with decoupled weight decay; the lr is set every step by the trainer."""
+    """Paddle AdamW with decoupled weight decay; the lr is set every step by the trainer. Low-precision (bf16/fp16)
+    parameters get fp32 master weights and moments (`multi_precision`, the reference's O2 optimizer)."""
     parameters = list(parameters)
     if not parameters:
         raise ValueError("the optimizer got no trainable parameters")
+    low = any(p.dtype in (paddle.bfloat16, paddle.float16) for p in parameters)
     return paddle.optimizer.AdamW(learning_rate=float(lr), beta1=float(betas[0]), beta2=float(betas[1]),
-                                  epsilon=float(eps), parameters=parameters, weight_decay=float(weight_decay))
+                                  epsilon=float(eps), parameters=parameters, weight_decay=float(weight_decay),
+                                  multi_precision=low)
 
 
 def global_grad_norm(parameters):

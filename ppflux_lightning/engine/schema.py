@@ -10,6 +10,8 @@ Data contract (what the trainer reads from one dataset item, a dict):
   A dataset returns `None` for a bad record; the trainer skips it and counts it.
 """
 
+from ..objectives import config_defaults
+
 DEFAULTS = {
     "model": {
         "pretrained": None,            # diffusers-layout FLUX folder (transformer/, scheduler/, vae/, text encoders)
@@ -17,45 +19,15 @@ DEFAULTS = {
         "guidance": 3.5,               # guidance embedding value fed to student and teacher (FLUX.1-dev)
         "max_sequence_length": 512,    # T5 tokens when captions are encoded on the fly
         "gradient_checkpointing": True,
+        "vae_latents": "sample",       # sample (a posterior draw per step, the reference) | mode (posterior mean)
     },
     "lora": {
         "rank": 32,
         "alpha": 8,                    # PEFT default used by the reference: scale alpha/rank = 0.25
-        "target_modules": None,        # None: the 12 reference targets in every double block; or a list / regex
+        "target_modules": None,        # None: the 12 reference names matched by suffix (PEFT); or a list / regex
         "save_format": "diffusers",    # diffusers | paddlemix | both (final LoRA file)
     },
-    "objectives": {
-        "solver": {
-            "num_timesteps": 100,      # Euler timesteps of the teacher solver
-            "num_phases": 4,           # M: student steps at inference
-        },
-        "consistency": {
-            "enabled": True,
-            "weight": 1.0,
-            "loss": "huber",           # huber | l2
-            "huber_c": 0.001,
-            "teacher_steps": 1,        # teacher Euler steps before the target jump (stops at the phase end)
-        },
-        "adversarial": {
-            "enabled": True,
-            "weight": 0.1,             # generator loss weight
-            "loss": "hinge",           # hinge | lsgan | wgan
-            "lr": 1.0e-5,              # discriminator head optimizer
-            "betas": [0.0, 0.999],
-            "weight_decay": 0.0,
-            "head_channels": 0,        # hidden width of each head; 0 = the feature width
-        },
-        "dmd": {
-            "enabled": True,
-            "weight": 0.01,
-        },
-        "reflow": {
-            "enabled": True,
-            "weight": 0.01,
-            "loss": "huber",           # huber | l2
-            "huber_c": 0.001,
-        },
-    },
+    "objectives": config_defaults(),   # solver + every objective's own defaults (ppflux_lightning/objectives)
     "train": {
         "output_dir": "outputs/flux_lightning",
         "max_steps": 28652,            # optimizer steps (D and G steps alternate when the adversarial loss is on)

@@ -5,6 +5,7 @@ picks for this step. The engine knows nothing about individual objectives: it su
 Per-sample randomness comes from (seed, step, global sample position), so N processes reproduce one process.
 """
 
+import functools
 import math
 import os
 
@@ -17,8 +18,7 @@ from .. import lora
 from ..data.registry import DATASETS
 from ..data.sampler import GlobalBatchSampler
 from ..models.flux_transformer import FluxTransformer2DModel
-from ..objectives import DistillationRecipe, sample_draws
-from ..objectives.solver import EulerSolver
+from ..objectives import GAUSSIAN, DistillationRecipe, sample_draws
 from ..schedulers.flow_match import FlowMatchEulerScheduler
 from ..utils.errors import ConfigError
 from . import checkpoint as ckpt
@@ -79,14 +79,15 @@ class Trainer:
         self.model = model
         scheduler = FlowMatchEulerScheduler.from_pretrained(cfg.model.pretrained, subfolder="scheduler")
         patch = vae_scale_factor(cfg.model.pretrained) * 2
-        solver = EulerSolver.from_scheduler(scheduler, (cfg.data.resolution // patch) ** 2,
-                                            cfg.objectives.solver.num_timesteps, cfg.objectives.solver.num_phases)
-        self.recipe = DistillationRecipe(model, cfg.objectives, solver, lora.lora_disabled)
-        self.encoder = BatchEncoder(cfg.model.pretrained, model, cfg.model.guidance, cfg.model.max_sequence_length)
+        self.recipe = DistillationRecipe.from_config(model, scheduler, cfg.objectives,
+                                                     (cfg.data.resolution // patch) ** 2, lora.lora_disabled,
+                                                     lora.lora_parameters(model))
+        self.encoder = BatchEncoder(cfg.model.pretrained, model, cfg.model.guidance, cfg.model.max_sequence_length,
+                                    cfg.model.vae_latents)
 
         self.params, self.optimizers = {}, {}
         for group in self.recipe.groups:
-            params = (lora.lora_parameters(model) if group == "generator" else []) + self.recipe.parameters(group)
+            params = self.recipe.parameters(group)
             settings = {"lr": t.lr, "betas": t.betas, "weight_decay": t.weight_decay,
                         **self.recipe.optimizer_settings(group)}
             self.params[group] = params
@@ -122,6 +123,10 @@ class Trainer:
         first = micro * self.batch_size * self.world + self.rank * self.batch_size
         return list(range(first, first + self.batch_size))
 
+    def posterior_noise(self, sample_ids, shape):
+        """Per-sample Gaussians for the VAE posterior draw (seeded like every other draw of the step)."""
+        return sample_draws(self.cfg.train.seed, self.step, sample_ids, shape, {"vae": GAUSSIAN})["vae"]
+
     # ------------------------------------------------------------------ one step
     def train_step(self, batches):
         """One optimizer step for the group of `self.step`; returns {name: 0-d tensor} for logging."""
@@ -129,8 +134,9 @@ class Trainer:
         totals = {}
         loss_sum = paddle.zeros([], dtype="float32")
         for micro, batch in batches:
-            latents, cond = self.encoder.encode(batch)
-            draws = sample_draws(self.cfg.train.seed, self.step, self.sample_ids(micro), latents.shape[1:])
+            ids = self.sample_ids(micro)
+            latents, cond = self.encoder.encode(batch, functools.partial(self.posterior_noise, ids))
+            draws = self.recipe.draws(self.cfg.train.seed, self.step, ids, latents.shape[1:])
             losses = self.recipe.losses(cond, latents, draws, group)
             total = paddle.add_n(list(losses.values())) / self.accum
             total.backward()

@@ -12,14 +12,17 @@ import paddle.nn as nn
 
 from .layers import LoRALinear
 
-# FLUX-Lightning's 12 targets, each inside every double-stream block (reference.md section 4).
+# FLUX-Lightning's 12 target names (reference.md section 4), matched by suffix as PEFT does: 12 modules in every
+# double-stream block and, through "attn.to_q/k/v", 3 in every single-stream block (342 on FLUX.1-dev).
 LIGHTNING_TARGETS = (
     "attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0",
     "attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out",
     "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
 )  # fmt: skip
-# A bare suffix such as "attn.to_q" would also match single blocks, so the default is anchored to double blocks.
-DEFAULT_TARGETS = r"transformer_blocks\.\d+\.(" + "|".join(re.escape(t) for t in LIGHTNING_TARGETS) + ")"
+DEFAULT_TARGETS = LIGHTNING_TARGETS
+# The pre-reference default (double blocks only, 228 modules on FLUX.1-dev): set lora.target_modules to it to resume
+# or reproduce runs made before the suffix matching.
+DOUBLE_BLOCK_TARGETS = r"transformer_blocks\.\d+\.(" + "|".join(re.escape(t) for t in LIGHTNING_TARGETS) + ")"
 
 
 def target_matcher(target_modules):

@@ -8,6 +8,8 @@ import inspect
 import json
 import os
 
+import paddle
+
 from ..utils.atomic import atomic_dir
 from ..utils.errors import ConfigError
 from .torch_weights import build_in_dtype, load_torch_layout, save_torch_layout, torch_layout_arrays, weight_files
@@ -73,12 +75,15 @@ def _shift_scale(vae):
     return (0.0 if shift is None else float(shift)), float(vae.config.scaling_factor)
 
 
-def encode(vae, images, sample=False):
+def encode(vae, images, sample=False, noise=None):
     """Images `[B, 3, H, W]` in [-1, 1] -> normalised latents `(z - shift) * scale` (the posterior mean unless
-    `sample`)."""
+    `sample`; with `noise` (a `[B, C, h, w]` standard normal) the draw is `mean + std * noise`)."""
     shift, scale = _shift_scale(vae)
     posterior = vae.encode(images.astype(vae.dtype)).latent_dist
-    z = posterior.sample() if sample else posterior.mode()
+    if noise is not None:
+        z = posterior.mean + posterior.std * paddle.to_tensor(noise).astype(posterior.mean.dtype)
+    else:
+        z = posterior.sample() if sample else posterior.mode()
     return (z - shift) * scale
 
 

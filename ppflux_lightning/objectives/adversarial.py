@@ -1,15 +1,16 @@
 """Adversarial loss: real = the consistency target, fake = the student's jump, both re-noised into the phase and
 judged by per-block heads on the frozen teacher's features (adapters off).
 
-x_real = renoise(target, eps, s_a, s_end), x_fake = renoise(pred, eps, s_a, s_end)  (same eps and s_a)
+x_real = renoise(target, eps_real, s_a, e), x_fake = renoise(pred, eps_fake, s_a, e), s_a = sigmas_prev[j] drawn in
+the phase; `noise: independent` (the reference) draws eps_real and eps_fake separately, `noise: shared` uses one.
 discriminator step: D heads minimise `discriminator_loss` on no-grad features (real and fake in one forward);
 generator step: the LoRA minimises weight * `generator_loss`, the gradient flowing through the frozen teacher.
 """
 
 import paddle
 
-from .base import OBJECTIVES, Objective, checkpointing_paused, renoise
-from .discriminator import Discriminator, discriminator_loss, generator_loss
+from .base import GAUSSIAN, OBJECTIVES, UNIFORM, Objective, checkpointing_paused, renoise
+from .discriminator import LOSSES, Discriminator, discriminator_loss, generator_loss
 
 
 def teacher_features(ctx, x, sigma):
@@ -45,27 +46,33 @@ def teacher_features(ctx, x, sigma):
     return features
 
 
+NOISE = ("independent", "shared")
+
+
 class _AdversarialBase(Objective):
     needs_target = True
 
-    def __init__(self, discriminator, weight, loss, enabled=True):
+    def __init__(self, discriminator, weight, loss, noise, enabled=True):
         super().__init__(weight, enabled)
-        if loss not in ("hinge", "lsgan", "wgan"):
+        if loss not in LOSSES:
             raise ValueError(f"objectives.adversarial.loss must be hinge, lsgan or wgan, got {loss!r}")
-        self.discriminator, self.loss = discriminator, loss
+        if noise not in NOISE:
+            raise ValueError(f"objectives.adversarial.noise must be one of {NOISE}, got {noise!r}")
+        self.discriminator, self.loss, self.noise = discriminator, loss, noise
 
-    def _noisy(self, ctx, x):
-        return renoise(x, ctx.eps["adv"], ctx.phase_sigma["adv"], ctx.sigma_end)
+    def _noisy(self, ctx, x, real=False):
+        eps = self.stream("real_eps" if real and self.noise == "independent" else "fake_eps")
+        return renoise(x, ctx.gaussian(eps), ctx.in_phase(self.stream("u"))[1], ctx.sigma_end)
 
 
 class DiscriminatorStep(_AdversarialBase):
-    """Trains the D heads (its own AdamW: lr, betas with beta1 = 0)."""
+    """Trains the D heads (its own AdamW: lr, betas with beta1 = 0, weight decay)."""
 
     name = "adversarial_d"
     group = "discriminator"
 
-    def __init__(self, discriminator, loss="hinge", lr=1e-5, betas=(0.0, 0.999), weight_decay=0.0, enabled=True):
-        super().__init__(discriminator, 1.0, loss, enabled)
+    def __init__(self, discriminator, loss, noise, lr, betas, weight_decay, enabled=True):
+        super().__init__(discriminator, 1.0, loss, noise, enabled)
         self.settings = {"lr": float(lr), "betas": [float(b) for b in betas], "weight_decay": float(weight_decay)}
 
     def parameters(self):
@@ -75,16 +82,18 @@ class DiscriminatorStep(_AdversarialBase):
         return dict(self.settings)
 
     def state_dict(self):
-        return self.discriminator.state_dict()
+        return {k: v.astype("float32") for k, v in self.discriminator.state_dict().items()}
 
     def set_state_dict(self, state):
-        self.discriminator.set_state_dict(state)
+        own = self.discriminator.state_dict()
+        self.discriminator.set_state_dict(
+            {k: paddle.to_tensor(v).astype(own[k].dtype) if k in own else v for k, v in state.items()})
 
     def losses(self, ctx):
-        both = paddle.concat([self._noisy(ctx, ctx.target), self._noisy(ctx, ctx.pred.detach())], axis=0)
-        sigma = paddle.concat([ctx.phase_sigma["adv"]] * 2, axis=0)
+        both = paddle.concat([self._noisy(ctx, ctx.target, real=True), self._noisy(ctx, ctx.pred.detach())], axis=0)
+        sigma = ctx.in_phase(self.stream("u"))[1]
         with paddle.no_grad():
-            feats = teacher_features(ctx, both, sigma)
+            feats = teacher_features(ctx, both, paddle.concat([sigma, sigma], axis=0))
         logits = self.discriminator([f.detach() for f in feats])
         real = [x[: ctx.batch] for x in logits]
         fake = [x[ctx.batch :] for x in logits]
@@ -96,18 +105,36 @@ class GeneratorAdversarial(_AdversarialBase):
     group = "generator"
 
     def losses(self, ctx):
-        feats = teacher_features(ctx, self._noisy(ctx, ctx.pred), ctx.phase_sigma["adv"])
+        feats = teacher_features(ctx, self._noisy(ctx, ctx.pred), ctx.in_phase(self.stream("u"))[1])
         return {"adversarial_g": self.weight * generator_loss(self.discriminator(feats), self.loss)}
 
 
 @OBJECTIVES.register(name="adversarial")
-class Adversarial:
-    """The D step and the G term sharing one discriminator sized from the model (one head per block)."""
+class Adversarial(Objective):
+    """The D step and the G term sharing one discriminator sized from the model (one head per block), its
+    parameters in the model's dtype (bf16 heads with fp32 master weights in a bf16 run, as the reference's O2)."""
 
-    @staticmethod
-    def build(model, weight=0.1, enabled=True, loss="hinge", lr=1e-5, betas=(0.0, 0.999), weight_decay=0.0,
-              head_channels=0):
-        cfg = model.config
-        disc = Discriminator(cfg.inner_dim, cfg.num_layers + cfg.num_single_layers, head_channels)
-        return [DiscriminatorStep(disc, loss, lr, betas, weight_decay, enabled),
-                GeneratorAdversarial(disc, weight, loss, enabled)]
+    defaults = {
+        "enabled": True,
+        "weight": 0.1,             # generator loss weight (the D loss is not weighted)
+        "loss": "hinge",           # hinge | lsgan | wgan
+        "noise": "independent",    # independent (real and fake re-noised with separate draws) | shared
+        "lr": 1.0e-5,              # discriminator head optimizer
+        "betas": [0.0, 0.999],
+        "weight_decay": 1.0e-3,
+        "head_channels": 0,        # hidden width of each head; 0 = the feature width
+    }
+    streams = {"u": UNIFORM, "real_eps": GAUSSIAN, "fake_eps": GAUSSIAN}
+
+    @classmethod
+    def build(cls, model, section, **cfg):
+        c = cls.settings(section, cfg)
+        mc = model.config
+        disc = Discriminator(mc.inner_dim, mc.num_layers + mc.num_single_layers, int(c["head_channels"]))
+        if model.dtype != disc.heads[0].conv1.weight.dtype:
+            disc.to(dtype=model.dtype)
+        objs = [DiscriminatorStep(disc, c["loss"], c["noise"], c["lr"], c["betas"], c["weight_decay"], c["enabled"]),
+                GeneratorAdversarial(disc, c["weight"], c["loss"], c["noise"], c["enabled"])]
+        for o in objs:
+            o.section = section
+        return objs

@@ -1,36 +1,50 @@
 """What every objective shares: the registry, the per-sample random draws, and the step context.
 
-An objective declares its optimizer `group` ("generator" trains the LoRA, "discriminator" the D heads), may ask the
-context for no-grad forwards (batched with the other objectives' requests of the same adapter state), and returns a
-dict of named, already weighted losses. The trainer only sums them: it has no objective-specific code.
+An objective class declares, in one place: its config `defaults` (the schema is built from them), its random
+`streams` ({local name: GAUSSIAN | UNIFORM}, drawn per sample only when the objective is enabled), its optimizer
+`group` ("generator" trains the student's LoRA, "discriminator" the D heads), the no-grad forwards it needs (batched
+with the other objectives' requests of the same adapter state), and returns a dict of named, already weighted
+losses. The recipe and the trainer only sum them: neither has objective-specific code.
 """
 
 import contextlib
+import zlib
 
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 
 from ..config import Registry
+from ..utils.errors import ConfigError
 
 OBJECTIVES = Registry("objective")
 
-# Independent random streams per sample; the numbers are part of the checkpoint format (changing them changes runs).
-STREAMS = {"noise": 0, "index": 1, "adv_u": 2, "adv_eps": 3, "dmd_u": 4, "dmd_eps": 5, "reflow_u": 6, "reflow_eps": 7}
+GAUSSIAN, UNIFORM = "gaussian", "uniform"
+# The recipe's own streams: the noise of x_t and the solver index.
+CORE_STREAMS = {"noise": GAUSSIAN, "index": UNIFORM}
 
 
-def sample_draws(seed, step, sample_ids, shape):
-    """Per-sample random numbers from (seed, step, global sample index): the same on 1 or N processes.
+def stream_id(name):
+    """A stream's RNG key from its name: adding or removing a stream never shifts another stream's numbers."""
+    return zlib.crc32(name.encode("utf-8"))
 
-    Returns numpy arrays: Gaussians of `shape` per sample for the `*_eps`/`noise` streams, uniforms in [0, 1) for
-    the `*_u`/`index` streams (the solver maps them to integer indices)."""
-    out = {name: [] for name in STREAMS}
-    for sid in sample_ids:
-        for name, stream in STREAMS.items():
-            rng = np.random.default_rng([int(seed), int(step), int(sid), stream])
-            is_gauss = name == "noise" or name.endswith("_eps")
-            out[name].append(rng.standard_normal(shape, dtype=np.float32) if is_gauss else rng.random())
-    return {k: np.stack(v) if isinstance(v[0], np.ndarray) else np.asarray(v) for k, v in out.items()}
+
+def sample_draws(seed, step, sample_ids, shape, streams=None):
+    """Per-sample random numbers from (seed, step, global sample index, stream): the same on 1 or N processes.
+
+    `streams` maps names to GAUSSIAN (arrays of `shape` per sample) or UNIFORM (one number in [0, 1) per sample);
+    default `CORE_STREAMS`. Returns {name: numpy array with the samples stacked on axis 0}."""
+    streams = CORE_STREAMS if streams is None else streams
+    out = {}
+    for name, kind in streams.items():
+        if kind not in (GAUSSIAN, UNIFORM):
+            raise ValueError(f"stream {name!r} has unknown kind {kind!r}")
+        values = []
+        for sid in sample_ids:
+            rng = np.random.default_rng([int(seed), int(step), int(sid), stream_id(name)])
+            values.append(rng.standard_normal(tuple(shape), dtype=np.float32) if kind == GAUSSIAN else rng.random())
+        out[name] = np.stack(values) if kind == GAUSSIAN else np.asarray(values)
+    return out
 
 
 def pseudo_huber(pred, target, c):
@@ -96,20 +110,39 @@ class Conditioning:
 
 
 class Objective:
-    """Base class. Subclasses set `name` and `group`, and implement `losses(ctx)`."""
+    """Base class. A subclass registered under a config section name sets `defaults` (every key of its section,
+    `enabled` and `weight` included), `streams`, `name`, `group`, and implements `losses(ctx)`."""
 
     name = "objective"
     group = "generator"
     needs_target = False  # the phased-consistency target (teacher step + student jump) is computed for it
+    teacher_steps = 1     # teacher Euler steps of that target (the largest over the objectives is used)
+    defaults = {"enabled": True, "weight": 1.0}
+    streams = {}          # {local name: GAUSSIAN | UNIFORM}; the draws are named "<section>.<local name>"
+    section = None        # the config section that built this objective (set by `build`)
 
-    def __init__(self, weight=1.0, enabled=True):
+    def __init__(self, weight, enabled=True):
         self.weight = float(weight)
         self.enabled = bool(enabled)
 
     @classmethod
-    def build(cls, model, **cfg):
+    def settings(cls, section, cfg):
+        """`cfg` on top of the class defaults; an unknown key is a ConfigError naming it."""
+        unknown = sorted(set(cfg) - set(cls.defaults))
+        if unknown:
+            raise ConfigError(f"unknown key objectives.{section}.{unknown[0]} (valid: {', '.join(cls.defaults)})")
+        return {**cls.defaults, **cfg}
+
+    @classmethod
+    def build(cls, model, section, **cfg):
         """The objectives one config section makes (most make one; the adversarial section makes two)."""
-        return [cls(**cfg)]
+        obj = cls(**cls.settings(section, cfg))
+        obj.section = section
+        return [obj]
+
+    def stream(self, key):
+        """The global name of this objective's stream `key`."""
+        return f"{self.section}.{key}"
 
     def parameters(self):
         """Trainable parameters this objective owns beyond the LoRA (the D heads)."""
@@ -137,8 +170,10 @@ class Objective:
 class StepContext:
     """The quantities of one training step shared by all objectives, computed once.
 
-    `x_t` is the noised batch at solver index i; `pred` the student's jump to the phase end (with gradient on a
-    generator step); `target` the teacher's Euler walk followed by the no-grad student's jump to the same end.
+    With i the solver index and `e = sigmas_prev[start(i)]` its phase end: `x_t` is the batch noised to
+    `sigmas[i]`; `pred = x_t + (e - sigmas[i]) v_student(x_t, sigmas[i])` (with gradient on a generator step);
+    `target` the teacher's Euler walk from x_t (one step: to `sigmas_prev[i]`) followed by the no-grad student's jump
+    from there to e.
     """
 
     def __init__(self, model, adapters_off, cond, latents, draws, solver, train_student, teacher_steps=1):
@@ -147,18 +182,32 @@ class StepContext:
         self.latents = latents.astype("float32")
         self.batch = latents.shape[0]
         self.draws = draws
-        index = np.minimum((draws["index"] * solver.num_timesteps).astype(np.int64), solver.num_timesteps - 1)
-        self.path = solver.teacher_path(index, teacher_steps)  # [steps+1, B]
-        sig = lambda idx: paddle.to_tensor(solver.sigmas[idx].astype(np.float32))
-        self.sigma, self.sigma_end = sig(index), sig(solver.phase_end[index])
-        self.path_sigmas = [sig(p) for p in self.path]
-        self.phase_sigma = {k: sig(solver.index_in_phase(index, draws[k + "_u"])) for k in ("adv", "dmd", "reflow")}
-        self.eps = {k: paddle.to_tensor(draws[k + "_eps"]) for k in ("adv", "dmd", "reflow")}
-        noise = paddle.to_tensor(draws["noise"])
+        self.index = solver.index(draws["index"])
+        self.start = solver.phase_start[self.index]  # grid position of the phase end
+        self.path = solver.teacher_path(self.index, teacher_steps)  # grid positions [steps+1, B]
+        self.sigma, self.sigma_end = self.grid_sigma(self.index + 1), self.grid_sigma(self.start)
+        self.path_sigmas = [self.grid_sigma(p) for p in self.path]
         s = per_sample(self.sigma, self.latents)
-        self.x_t = (1 - s) * self.latents + s * noise
+        self.x_t = (1 - s) * self.latents + s * self.gaussian("noise")
         self.results = {}
         self._pred = self._walk_end = None
+        self._in_phase = {}
+
+    # -------------------------------------------------------------- draws
+    def grid_sigma(self, positions):
+        """Per-sample sigmas `[B]` (float32) at solver grid positions."""
+        return paddle.to_tensor(self.solver.grid[np.asarray(positions)].astype(np.float32))
+
+    def gaussian(self, stream):
+        return paddle.to_tensor(self.draws[stream])
+
+    def in_phase(self, stream):
+        """(grid positions, sigmas) drawn inside each sample's phase from the uniform `stream`: the reference's
+        `sigmas_prev[randint(start(i), start(i) + N // M)]`."""
+        if stream not in self._in_phase:
+            pos = self.solver.position_in_phase(self.index, self.draws[stream])
+            self._in_phase[stream] = (pos, self.grid_sigma(pos))
+        return self._in_phase[stream]
 
     # -------------------------------------------------------------- forwards
     def velocity(self, x, sigma, adapters=True):

@@ -1,7 +1,9 @@
 """Phased consistency loss (PCM): the student's jump to the phase end matches the teacher-anchored target.
 
-pred   = x_t + (s_end - s_i) v_student(x_t, s_i)
-target = x_j + (s_end - s_j) v_student(x_j, s_j)   (no grad),  x_j = teacher Euler walk from x_t to index j
+With e = sigmas_prev[start(i)] (reference.md section 4):
+pred   = x_t + (e - sigmas[i]) v_student(x_t, sigmas[i])
+x_prev = x_t + (sigmas_prev[i] - sigmas[i]) v_teacher(x_t, sigmas[i])          (teacher_steps = 1, the reference)
+target = x_prev + (e - sigmas_prev[i]) v_student(x_prev, sigmas_prev[i])       (no grad)
 loss   = weight * d(pred, target),  d = pseudo-huber (c = huber_c) or mean squared error.
 """
 
@@ -13,8 +15,15 @@ class ConsistencyLoss(Objective):
     name = "consistency"
     group = "generator"
     needs_target = True
+    defaults = {
+        "enabled": True,
+        "weight": 1.0,
+        "loss": "huber",           # huber | l2
+        "huber_c": 0.001,
+        "teacher_steps": 1,        # teacher Euler steps before the target jump (never past the phase end)
+    }
 
-    def __init__(self, weight=1.0, enabled=True, loss="huber", huber_c=0.001, teacher_steps=1):
+    def __init__(self, weight, enabled, loss, huber_c, teacher_steps):
         super().__init__(weight, enabled)
         if loss not in ("huber", "l2"):
             raise ValueError(f"objectives.consistency.loss must be 'huber' or 'l2', got {loss!r}")

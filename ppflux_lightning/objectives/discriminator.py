@@ -27,20 +27,21 @@ class TokenGroupNorm(nn.Layer):
 
 
 class DiscriminatorHead(nn.Layer):
-    """x + act(norm(W2 act(norm(W1 x)))) -> one logit per token (the reference head, resolution-free)."""
+    """h1 = act(norm(W1 f)), h = act(norm(W2 h1)) + h1, logit = w h per token (the reference head, resolution-free:
+    the residual adds h1, not the raw feature)."""
 
     def __init__(self, channels, hidden=0):
         super().__init__()
         hidden = hidden or channels
         self.conv1, self.norm1 = nn.Linear(channels, hidden), TokenGroupNorm(hidden)
-        self.conv2, self.norm2 = nn.Linear(hidden, channels), TokenGroupNorm(channels)
-        self.conv_out = nn.Linear(channels, 1)
+        self.conv2, self.norm2 = nn.Linear(hidden, hidden), TokenGroupNorm(hidden)
+        self.conv_out = nn.Linear(hidden, 1)
 
     def forward(self, x):
         x = x.astype(self.conv1.weight.dtype)
-        h = F.leaky_relu(self.norm1(self.conv1(x)), 0.01)
-        h = F.leaky_relu(self.norm2(self.conv2(h)), 0.01)
-        return self.conv_out(h + x).squeeze(-1)
+        h1 = F.leaky_relu(self.norm1(self.conv1(x)), 0.01)
+        h = F.leaky_relu(self.norm2(self.conv2(h1)), 0.01) + h1
+        return self.conv_out(h).squeeze(-1)
 
 
 class Discriminator(nn.Layer):
@@ -58,24 +59,41 @@ class Discriminator(nn.Layer):
         return [head(f) for head, f in zip(self.heads, features)]
 
 
+LOSSES = ("hinge", "lsgan", "wgan")
+
+
+def _check(kind):
+    if kind not in LOSSES:
+        raise ValueError(f"adversarial loss must be hinge, lsgan or wgan, got {kind!r}")
+
+
 def discriminator_loss(real_logits, fake_logits, kind):
-    """D loss averaged over heads: hinge relu(1-r)+relu(1+f), lsgan (r-1)^2+f^2, wgan f-r (means over tokens)."""
+    """D loss averaged over heads (means over tokens, float32): hinge relu(1 - r) + relu(1 + f); lsgan
+    (sigmoid(r) - 1)^2 + sigmoid(f)^2; wgan f - r."""
+    _check(kind)
     terms = []
     for r, f in zip(real_logits, fake_logits):
+        r, f = r.astype("float32"), f.astype("float32")
         if kind == "hinge":
             terms.append(F.relu(1 - r).mean() + F.relu(1 + f).mean())
         elif kind == "lsgan":
-            terms.append(((r - 1) ** 2).mean() + (f**2).mean())
-        elif kind == "wgan":
-            terms.append(f.mean() - r.mean())
+            terms.append(((F.sigmoid(r) - 1) ** 2).mean() + (F.sigmoid(f) ** 2).mean())
         else:
-            raise ValueError(f"adversarial loss must be hinge, lsgan or wgan, got {kind!r}")
+            terms.append(f.mean() - r.mean())
     return paddle.add_n(terms) / len(terms)
 
 
 def generator_loss(fake_logits, kind):
-    """G loss averaged over heads: -f for hinge and wgan, (f-1)^2 for lsgan."""
-    if kind not in ("hinge", "lsgan", "wgan"):
-        raise ValueError(f"adversarial loss must be hinge, lsgan or wgan, got {kind!r}")
-    terms = [((f - 1) ** 2).mean() if kind == "lsgan" else -f.mean() for f in fake_logits]
+    """G loss averaged over heads: hinge relu(1 - f) (saturating: no gradient once a logit is above 1), lsgan
+    (sigmoid(f) - 1)^2, wgan -f."""
+    _check(kind)
+    terms = []
+    for f in fake_logits:
+        f = f.astype("float32")
+        if kind == "hinge":
+            terms.append(F.relu(1 - f).mean())
+        elif kind == "lsgan":
+            terms.append(((F.sigmoid(f) - 1) ** 2).mean())
+        else:
+            terms.append(-f.mean())
     return paddle.add_n(terms) / len(terms)
