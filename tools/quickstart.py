@@ -2,7 +2,8 @@
 
     python tools/quickstart.py [--out outputs/quickstart] [--steps N] [--model assets/toy/flux-toy] [--smoke]
 
-Writes `<out>/report.md`, `<out>/grid.png` (teacher@50 | teacher@4 | student@4) and `<out>/results.json`.
+Writes `<out>/report.md`, `<out>/grid.png` (teacher@50 | teacher@4 | student@4) and `<out>/results.json`: the toy
+task's exact validity, adherence and coverage (`ppflux_lightning.toy.metrics`), FID-to-teacher and PSNR vs teacher@50.
 """
 
 import argparse
@@ -24,7 +25,7 @@ def parse_args(argv=None):
     p.add_argument("--config", default=d.config, help="training config (default configs/toy/full.yaml)")
     p.add_argument("--steps", type=int, help=f"student generator steps (default {d.steps})")
     p.add_argument("--train-images", type=int, help=f"rendered training images (default {d.train_images})")
-    p.add_argument("--eval-prompts", type=int, help=f"held-out prompts evaluated (default {d.eval_prompts})")
+    p.add_argument("--eval-prompts", type=int, help=f"evaluation prompts, task.eval_prompts(N) (default {d.eval_prompts})")
     p.add_argument("--features", default="", help="FID feature network folder (default <out>/task_features)")
     p.add_argument("--seed", type=int, default=d.seed, help="data and training seed")
     p.add_argument("--smoke", action="store_true", help="seconds-long end-to-end check (tiny schedule)")
