@@ -25,7 +25,7 @@ def parse_args(argv=None):
     p.add_argument("--config", default=d.config, help="training config (default configs/toy/full.yaml)")
     p.add_argument("--steps", type=int, help=f"student generator steps (default {d.steps})")
     p.add_argument("--train-images", type=int, help=f"rendered training images (default {d.train_images})")
-    p.add_argument("--eval-prompts", type=int, help=f"evaluation prompts, task.eval_prompts(N) (default {d.eval_prompts})")
+    p.add_argument("--eval-prompts", type=int, help=f"evaluation prompts (default {d.eval_prompts})")
     p.add_argument("--features", default="", help="FID feature network folder (default <out>/task_features)")
     p.add_argument("--seed", type=int, default=d.seed, help="data and training seed")
     p.add_argument("--smoke", action="store_true", help="seconds-long end-to-end check (tiny schedule)")
