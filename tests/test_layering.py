@@ -10,7 +10,8 @@ TOY = "ppflux_lightning.toy"
 
 def imported_modules(path, module):
     """Absolute names of every module `path` (the module `module`) imports, relative imports resolved."""
-    tree = ast.parse(open(path, encoding="utf-8").read(), filename=path)
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), filename=path)
     package = module.split(".") if path.endswith("__init__.py") else module.split(".")[:-1]
     found = []
     for node in ast.walk(tree):
