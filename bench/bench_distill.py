@@ -44,7 +44,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=200, help="generator steps per student (default 200)")
     p.add_argument("--seeds", default="0,1,2", help="training seeds, comma separated (default 0,1,2)")
     p.add_argument("--train-images", type=int, default=2000)
-    p.add_argument("--eval-prompts", type=int, default=512)
+    p.add_argument("--eval-prompts", type=int, default=384)
     p.add_argument("--ablations", default=",".join(n for _, n in ABLATIONS),
                    help="comma-separated configs/toy names to train (default: all four)")
     p.add_argument("--features", default="", help="FID feature network folder (default <out>/task_features)")
