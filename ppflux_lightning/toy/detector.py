@@ -1,12 +1,13 @@
 """Read a toy-task image back: which objects it shows, and whether it is a clean scene.
 
 Every pixel is one of three kinds: *palette* (within `PALETTE_DISTANCE` of one of the task's colours), *background*
-(dark and grey, as every background the task draws) or *ambiguous* (anything else: anti-aliased edges, blurred
-edges, half-transparent ghosts, mixed colours). Palette pixels form 8-connected components; a component large
-enough to be an object is read as colour (majority), cell (centroid) and shape (best intersection-over-union with
-the three shape templates fitted to its centroid and area). A clean image has only the anti-aliased rim of each
-object as ambiguous pixels, one colour per object, a shape that fits one template far better than the others, and
-no stray palette specks; blends of two scenes and blurred scenes fail these tests (see `tests/test_toy.py`).
+(grey and not bright, as every background the task draws, or dark in every channel) or *ambiguous* (anything
+else: anti-aliased edges, blurred edges, half-transparent ghosts, mixed colours). Palette pixels form 8-connected
+components; a component large enough to be an object is read as colour (majority), cell (centroid) and shape (best
+intersection-over-union with the three shape templates fitted to its centroid and area). A clean image has only the
+anti-aliased rim of each object as ambiguous pixels, one colour per object, a shape that fits one template far
+better than the others, and no stray palette specks; blends of two scenes and blurred scenes fail these tests (see
+`tests/test_toy.py`).
 """
 
 from __future__ import annotations
@@ -21,11 +22,15 @@ from . import task
 PALETTE_DISTANCE = 70.0  # RGB distance (0-255) within which a pixel counts as a palette colour (~72 % coverage)
 BACKGROUND_MAX_CHROMA = 50.0  # max - min channel of a background pixel (the task draws <= 14; noise adds some)
 BACKGROUND_MAX_VALUE = 135.0  # brightest channel of a background pixel (the task draws <= ~110)
+# Pixels no brighter than this in every channel count as background whatever their hue: the toy VAE's dark ringing
+# and colour fringes around objects (a decoder artefact any sampler in its latent space inherits), never a palette
+# colour, and at most the faint outer tail of a blend or blur (their middle stays brighter).
+DARK_MAX_VALUE = 90.0
 MIN_OBJECT_PIXELS = 24  # smaller palette components are specks (counted as ghost pixels)
 MIN_COLOR_PURITY = 0.95  # share of an object's pixels in its majority colour
 MIN_SHAPE_IOU = 0.80  # best template fit of a recognisable shape
 MIN_SHAPE_MARGIN = 0.04  # ... and how much better than the second-best template
-MAX_RIM_RATIO = 1.0  # ambiguous pixels per boundary pixel of the objects (a sharp render: ~0.5)
+MAX_RIM_RATIO = 1.1  # ambiguous pixels per boundary pixel of the objects (a sharp render: ~0.3, blur 1.5 px: ~2.3)
 RIM_SLACK = 6  # ambiguous pixels allowed on top (a few noisy pixels)
 SIZE_RANGE = (0.5, 1.6)  # object area relative to the task's smallest / largest shape
 
@@ -91,7 +96,9 @@ def classify_pixels(image):
     index = distance.argmin(-1)
     index = np.where(np.take_along_axis(distance, index[..., None], -1)[..., 0] <= PALETTE_DISTANCE, index, -1)
     chroma = pixels.max(-1) - pixels.min(-1)
-    background = (chroma <= BACKGROUND_MAX_CHROMA) & (pixels.max(-1) <= BACKGROUND_MAX_VALUE) & (index < 0)
+    brightest = pixels.max(-1)
+    grey = (chroma <= BACKGROUND_MAX_CHROMA) & (brightest <= BACKGROUND_MAX_VALUE)
+    background = (grey | (brightest <= DARK_MAX_VALUE)) & (index < 0)
     return index, background
 
 
