@@ -17,6 +17,7 @@ import json
 import os
 import re
 
+from ..lora.adapters import LIGHTNING_TARGETS, target_matcher
 from ..models.flux_transformer import FluxConfig
 from ..utils.errors import ConfigError
 
@@ -27,9 +28,7 @@ BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 # The reference's LoRA targets (reference.md section 4), matched by PEFT suffix: 12 per double block and the single
 # blocks' attn.to_q/k/v.
-REFERENCE_TARGETS = ("attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
-                     "attn.add_v_proj", "attn.to_add_out", "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj",
-                     "ff_context.net.2")
+REFERENCE_TARGETS = LIGHTNING_TARGETS  # the reference's 12 names, matched by suffix
 
 # Known configs for a `model.pretrained` that is a hub name, not a local folder (diffusers / HF config.json values).
 KNOWN_TRANSFORMERS = {"flux.1-dev": {}, "flux.1-schnell": {"guidance_embeds": False}}
@@ -117,18 +116,6 @@ def transformer_params(fc):
     linear = sum(i * o + o for _, i, o in linear_layers(fc))
     norms = fc.attention_head_dim * (4 * fc.num_layers + 2 * fc.num_single_layers)
     return linear + norms
-
-
-def target_matcher(target_modules):
-    """PEFT matching: a list of names matches a name equal to an entry or ending in `"." + entry`; a string is a
-    regular expression matching the whole name; None is the reference's 12 names."""
-    if target_modules is None:
-        target_modules = REFERENCE_TARGETS
-    if isinstance(target_modules, str):
-        pattern = re.compile(target_modules)
-        return lambda name: pattern.fullmatch(name) is not None
-    targets = tuple(target_modules)
-    return lambda name: any(name == t or name.endswith("." + t) for t in targets)
 
 
 def lora_modules(fc, target_modules=None):
