@@ -86,6 +86,16 @@ def quiet_native_warnings():
             os.environ.setdefault(name, value)
 
 
+def quiet_launcher_stop():
+    """Under `paddle.distributed.launch` the launcher stops the other ranks with SIGTERM once one rank exits (e.g. on
+    a user error); Paddle's C++ signal handler would print a stack trace for that expected stop. Let SIGTERM end a
+    launched process silently instead (call after paddle is imported; a no-op outside a launch)."""
+    if "PADDLE_TRAINER_ID" in os.environ:
+        import paddle
+
+        paddle.disable_signal_handler()
+
+
 def run(main, argv=None):
     """Call `main(argv)` and return its exit code; a user error becomes one line on stderr and exit code 2."""
     argv = list(sys.argv[1:] if argv is None else argv)

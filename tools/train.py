@@ -59,6 +59,7 @@ def _main(argv):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     from ppflux_lightning.engine.trainer import Trainer, TrainingDiverged, dump_config
 
+    cli.quiet_launcher_stop()
     try:
         Trainer(cfg, resume=args.resume, config_text=dump_config(cfg)).train()
     except TrainingDiverged as e:
