@@ -1,7 +1,6 @@
 """Datasets on tiny generated data, bad-record skipping, the distributed sampler and the embedding cache."""
 
 import base64
-import importlib.util
 import io
 import json
 import os
@@ -11,6 +10,7 @@ import paddle
 import pytest
 import yaml
 from PIL import Image
+from script_loader import load_script
 
 from ppflux_lightning.data import (
     DATASETS,
@@ -367,11 +367,7 @@ def test_cache_without_latents_reloads_images_and_bf16(tmp_path):
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location(
-        "cache_embeddings_tool", os.path.join(os.path.dirname(__file__), "..", "tools", "cache_embeddings.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/cache_embeddings.py")
 
 
 def test_cache_embeddings_tool_round_trip_on_tiny_pipeline(tmp_path):

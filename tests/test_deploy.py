@@ -1,6 +1,5 @@
 """Static-graph export and the Paddle Inference pipeline against the dygraph models they were traced from."""
 
-import importlib.util
 import os
 import shutil
 
@@ -9,6 +8,7 @@ import paddle
 import pytest
 import yaml
 from PIL import Image
+from script_loader import load_script
 
 from ppflux_lightning.export import DeployPipeline, export_pipeline, load_pipeline
 from ppflux_lightning.export import export as export_module
@@ -149,22 +149,15 @@ def test_exported_pipeline_matches_dygraph_with_cinn_flag(tiny, monkeypatch, cap
     assert np.abs(got - want).max() < 2e-3
 
 
-def _load_script(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_deploy_infer_png_equals_tools_infer_png(tiny, tmp_path, capsys):
     """Same seed -> same initial latents -> the same PNG (within 2/255) from deploy/infer.py and tools/infer.py."""
     deploy_png, tools_png = str(tmp_path / "deploy.png"), str(tmp_path / "tools.png")
-    infer = _load_script(os.path.join(ROOT, "deploy", "infer.py"), "deploy_infer")
+    infer = load_script("deploy/infer.py")
     infer.main(["--model_dir", tiny["export_dir"], "--prompt", "a lighthouse", "--seed", "5", "--output", deploy_png,
                 "--height", str(HEIGHT), "--width", str(WIDTH), "--benchmark", "1"])
     out = capsys.readouterr().out
     assert "step 4" in out and "vae decode" in out and "total" in out
-    tools = _load_script(os.path.join(ROOT, "tools", "infer.py"), "tools_infer")
+    tools = load_script("tools/infer.py")
     tools.main(["--model", tiny["model_dir"], "--prompt", "a lighthouse", "--seed", "5", "--out", tools_png,
                 "--height", str(HEIGHT), "--width", str(WIDTH), "--max_sequence_length", str(TEXT_LEN)])
     a = np.asarray(Image.open(deploy_png), dtype=np.int16)

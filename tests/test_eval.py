@@ -4,6 +4,7 @@ import numpy as np
 import paddle
 import pytest
 import torch
+from script_loader import load_script
 
 from ppflux_lightning.eval import adherence, clip_score, features, fid, image_metrics
 from ppflux_lightning.toy import task
@@ -323,14 +324,7 @@ def test_clip_preprocess_crops_the_centre_of_wide_images():
 
 # ---------------------------------------------------------------- tools/eval.py and the evaluation driver
 def _eval_tool():
-    import importlib.util
-    import os
-
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "eval.py")
-    spec = importlib.util.spec_from_file_location("eval_tool", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/eval.py")
 
 
 def test_eval_tool_scores_image_folders(tmp_path):

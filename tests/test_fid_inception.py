@@ -5,7 +5,6 @@ through torch hub's cache: the test writes random weights under that name into a
 reference loads them as it would the real file (nothing is downloaded), and our converter reads the same file.
 """
 
-import importlib.util
 import os
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 import torch
 from pytorch_fid import fid_score
 from pytorch_fid import inception as pt_inception
+from script_loader import load_script
 
 from ppflux_lightning.eval import fid, fid_inception
 
@@ -72,11 +72,7 @@ def monkeypatch_module():
 
 def converter():
     """tools/convert_fid_inception.py as a module."""
-    spec = importlib.util.spec_from_file_location("convert_fid_inception",
-                                                  os.path.join(ROOT, "tools", "convert_fid_inception.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/convert_fid_inception.py")
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "pdparams"])
@@ -115,9 +111,7 @@ def test_feature_spec_selects_the_fid_inception(converted_file, tmp_path, capsys
     assert isinstance(net, fid_inception.FIDInceptionFeatures)
     with pytest.raises(ValueError, match="fid-inception:FILE"):
         load_feature_fn("fid_inception:x")
-    spec = importlib.util.spec_from_file_location("eval_tool", os.path.join(ROOT, "tools", "eval.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_script("tools/eval.py")
     save_images(np.zeros((1, 8, 8, 3), np.uint8), str(tmp_path / "a"))
     (tmp_path / "prompts.txt").write_text("x\n")
     missing = str(tmp_path / "missing.safetensors")

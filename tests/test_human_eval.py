@@ -2,7 +2,6 @@
 
 import csv
 import html
-import importlib.util
 import json
 import os
 import re
@@ -13,6 +12,7 @@ import tempfile
 import numpy as np
 import pytest
 from PIL import Image
+from script_loader import load_script
 
 from ppflux_lightning.eval import human_eval
 from ppflux_lightning.eval.image_io import save_images, write_prompts
@@ -23,10 +23,7 @@ MODELS = ("teacher", "student", "baseline")
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("human_eval_tool", os.path.join(ROOT, "tools", "human_eval.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/human_eval.py")
 
 
 def _read(path):

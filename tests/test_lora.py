@@ -4,6 +4,7 @@ training gradients and the pipeline mixin. References are hand-computed formulas
 import numpy as np
 import paddle
 import pytest
+from script_loader import load_script
 from torch_reference import image_ids
 
 from ppflux_lightning import lora
@@ -265,9 +266,6 @@ def test_trainer_with_a_frozen_extra_adapter(tmp_path):
 def test_stacked_loras_on_the_command_line_and_in_export(tmp_path, monkeypatch):
     """`tools/infer.py --lora A:0.7 --lora B` == the Python API; export's load_pipeline fuses both at their weights;
     `deploy/export.py` passes them to export_pipeline (which writes them to deploy.yaml; tracing is test_deploy's)."""
-    import importlib.util
-    import os
-
     from PIL import Image
 
     from ppflux_lightning.export import load_pipeline
@@ -282,17 +280,9 @@ def test_stacked_loras_on_the_command_line_and_in_export(tmp_path, monkeypatch):
         lora.add_lora(transformer, rank, target_modules=targets)
         randomize_b(transformer, seed=i, std=0.5)
         files.append(lora.save_lora_weights(transformer, str(tmp_path / f"lora{i}")))
-    root = os.path.join(os.path.dirname(__file__), "..")
-
-    def tool(path, name):
-        spec = importlib.util.spec_from_file_location(name, os.path.join(root, path))
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-
     common = ["--model", model_dir, "--prompt", "a cat", "--height", "16", "--width", "16", "--steps", "2",
               "--max_sequence_length", "8", "--seed", "3"]  # fmt: skip
-    infer = tool("tools/infer.py", "infer_multi")
+    infer = load_script("tools/infer.py")
     infer.main([*common, "--lora", f"{files[0]}:0.7", "--lora", files[1], "--lora_scale", "0.4",
                 "--out", str(tmp_path / "cli.png")])  # fmt: skip
     infer.main([*common, "--out", str(tmp_path / "base.png")])
@@ -319,7 +309,7 @@ def test_stacked_loras_on_the_command_line_and_in_export(tmp_path, monkeypatch):
 
     import ppflux_lightning.export
 
-    export = tool("deploy/export.py", "export_multi")
+    export = load_script("deploy/export.py")
     recorded = {}
     monkeypatch.setattr(ppflux_lightning.export, "export_pipeline",  # no tracing: the tool imports it when it runs
                         lambda pipe, output, resolutions, **kw: recorded.update(kw, pipe=pipe))

@@ -3,13 +3,13 @@ Paddle's allocator, the FLUX.1-dev LoRA count, and the CLI."""
 
 import contextlib
 import gc
-import importlib.util
 import json
 import os
 
 import numpy as np
 import paddle
 import pytest
+from script_loader import load_script
 
 import ppflux_lightning  # noqa: F401
 from ppflux_lightning import lora
@@ -35,11 +35,7 @@ SMALL = [FluxConfig(in_channels=16, num_layers=2, num_single_layers=3, attention
 
 def estimate_memory():
     """tools/estimate_memory.py imported by path (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("tool_estimate_memory",
-                                                  os.path.join(ROOT, "tools", "estimate_memory.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/estimate_memory.py")
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ import torch
 from diffusers import AutoencoderKL as TorchAutoencoderKL
 from diffusers import FluxPipeline as TorchFluxPipeline
 from PIL import Image
+from script_loader import load_script
 from tiny_reference import cached_reference
 
 from ppflux_lightning.models import vae as vae_io
@@ -230,13 +231,9 @@ def test_tiny_pipeline_loads_here_and_in_diffusers(tmp_path):
 
 
 def test_infer_tool_writes_a_grid(tmp_path):
-    import importlib.util
 
     model = build_tiny_pipeline(str(tmp_path / "tiny"), seed=1)
-    spec = importlib.util.spec_from_file_location("infer", os.path.join(os.path.dirname(__file__), "..", "tools",
-                                                                         "infer.py"))
-    infer = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(infer)
+    infer = load_script("tools/infer.py")
     out = str(tmp_path / "grid.png")
     infer.main(["--model", model, "--prompt", "a cat", "--height", "16", "--width", "24", "--num_images", "3",
                 "--steps", "2", "--max_sequence_length", "8", "--out", out])

@@ -1,7 +1,6 @@
 """The training engine: resume equality, gradient accumulation, checkpoints, NaN stop, lr schedules, clipping,
 config and data errors, and the tiny-pipeline run through tools/train.py."""
 
-import importlib.util
 import json
 import math
 import os
@@ -10,6 +9,7 @@ import numpy as np
 import paddle
 import pytest
 import yaml
+from script_loader import load_script
 from train_fixtures import build_cached_dataset, build_image_folder, build_pretrained, tiny_train_config
 
 from ppflux_lightning.config import load_config
@@ -30,11 +30,7 @@ def assets(tmp_path_factory):
 
 def load_tool(name):
     """Import tools/<name>.py by path (tools/ is not an installed package)."""
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", name + ".py")
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"tools/{name}.py")
 
 
 def lora_numpy(trainer):

@@ -159,7 +159,7 @@ class LoRALinear(nn.Layer):
             self._enabled = bool(value)
             adapters_changed()
 
-    # Single-adapter conveniences (the training API and `FluxTransformer2DModel.save_pretrained`'s check).
+    # Single-adapter conveniences (the single-adapter training API).
     @property
     def lora_A(self):
         """The first adapter's A (the only one in single-adapter use)."""
