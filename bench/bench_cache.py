@@ -26,12 +26,13 @@ import paddle
 from tqdm import tqdm
 
 from ppflux_lightning.acceleration import POLICIES, CacheConfig, build_policy
-from ppflux_lightning.eval.adherence import adherence_score
-from ppflux_lightning.eval.evaluate import load_feature_fn, sampling_defaults
+from ppflux_lightning.eval.evaluate import sampling_defaults
 from ppflux_lightning.eval.fid import extract_features, fid_from_features
 from ppflux_lightning.eval.image_metrics import psnr, ssim
 from ppflux_lightning.models.flux_transformer import FluxConfig, FluxTransformer2DModel
 from ppflux_lightning.schedulers.flow_match import FlowMatchEulerScheduler
+from ppflux_lightning.toy.features import load_feature_spec
+from ppflux_lightning.toy.metrics import task_scores
 from ppflux_lightning.toy.quickstart import default_features_dir, eval_prompt_set
 from ppflux_lightning.utils.atomic import atomic_file
 
@@ -188,7 +189,7 @@ class QualityScorer:
             scores["fid"] = fid_from_features(extract_features(images, self.feature_fn, desc="FID features"),
                                               self.reference)
         if self.adherence:
-            scores["adherence"] = 100.0 * adherence_score(images, self.prompts)
+            scores["adherence"] = task_scores(images, self.prompts)["adherence"]
         return scores
 
 
@@ -384,7 +385,7 @@ def pipeline_workload(args):
     spec = args.features
     if spec is None and defaults["toy"]:
         spec = "task:" + default_features_dir(args.model, os.path.dirname(FEATURES_FALLBACK_DIR))
-    feature_fn = None if spec in (None, "none") else load_feature_fn(spec, image_size=defaults["height"])
+    feature_fn = None if spec in (None, "none") else load_feature_spec(spec, image_size=defaults["height"])
     if feature_fn is None and not defaults["toy"]:
         return workload, None
     return workload, QualityScorer(feature_fn, prompts, adherence=defaults["toy"])

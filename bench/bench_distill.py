@@ -1,10 +1,11 @@
 """The FLUX-Lightning ablation on the toy world: which losses buy what at 4 steps.
 
-    python bench/bench_distill.py [--steps 300] [--seeds 0,1] [--quick] [--out outputs/bench_distill]
+    python bench/bench_distill.py [--steps 200] [--seeds 0,1,2] [--quick] [--out outputs/bench_distill]
 
 Rows: teacher@50 (reference; its FID is the floor: teacher@50 with other seeds), teacher@4 and @8 Euler steps,
 then 4-step students: consistency only, +adversarial, +adversarial+DMD, full FLUX-Lightning (+reflow), each trained
-with every seed (mean and spread shown). Columns: FID-to-teacher, adherence, PSNR vs teacher, seconds per image.
+with every seed (mean and spread shown). Columns: the toy task's exact validity, one-object adherence and coverage
+(`toy.metrics`), FID-to-teacher, PSNR vs teacher, seconds per image.
 Resumable: finished runs (same config) and their cached samples are reused. Writes `results.md`, `results.json` and
 `grid.png` under `--out` after every finished run, so a partial run still leaves a table.
 """
@@ -21,6 +22,7 @@ import numpy as np  # noqa: E402
 
 import ppflux_lightning  # noqa: E402,F401  (before paddle: sets the MKL switch)
 from ppflux_lightning.toy import quickstart as qs  # noqa: E402
+from ppflux_lightning.toy.metrics import task_scores  # noqa: E402
 from ppflux_lightning.utils.atomic import atomic_file  # noqa: E402
 
 ABLATIONS = (  # (row name, configs/toy file)
@@ -29,6 +31,9 @@ ABLATIONS = (  # (row name, configs/toy file)
     ("+adversarial+DMD", "consistency_adv_dmd"),
     ("full FLUX-Lightning (+reflow)", "full"),
 )
+SUMMARY_KEYS = ("validity", "adherence", "adherence_single", "adherence_level0", "adherence_level1",
+                "adherence_level2", "adherence_level3", "coverage_tv", "coverage_tv_color", "coverage_tv_shape",
+                "coverage_tv_position", "fid_to_teacher", "psnr_vs_teacher")
 FLOOR_SEED_OFFSET = 10_000  # teacher@50 floor: the same prompts with seeds shifted by this
 
 
@@ -36,21 +41,21 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=qs.DEFAULT_MODEL, help="toy pipeline folder (built when missing)")
     p.add_argument("--out", default=os.path.join("outputs", "bench_distill"))
-    p.add_argument("--steps", type=int, default=300, help="generator steps per student (default 300)")
-    p.add_argument("--seeds", default="0,1", help="training seeds, comma separated (default 0,1)")
+    p.add_argument("--steps", type=int, default=200, help="generator steps per student (default 200)")
+    p.add_argument("--seeds", default="0,1,2", help="training seeds, comma separated (default 0,1,2)")
     p.add_argument("--train-images", type=int, default=2000)
-    p.add_argument("--eval-prompts", type=int, default=96)
+    p.add_argument("--eval-prompts", type=int, default=384)
     p.add_argument("--ablations", default=",".join(n for _, n in ABLATIONS),
                    help="comma-separated configs/toy names to train (default: all four)")
     p.add_argument("--features", default="", help="FID feature network folder (default <out>/task_features)")
     p.add_argument("--feature-steps", type=int, default=400, help="training steps of the feature network if absent")
-    p.add_argument("--quick", action="store_true", help="short schedule: 60 steps, 1000 images, 48 prompts")
+    p.add_argument("--quick", action="store_true", help="short schedule: 60 steps, 1000 images, 64 prompts")
     p.add_argument("--timing-repeats", type=int, default=3, help="interleaved timing rounds at the end")
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every student (repeatable), e.g. objectives.adversarial.weight=0.01")
     args = p.parse_args(argv)
     if args.quick:
-        args.steps, args.train_images, args.eval_prompts = 60, 1000, 48
+        args.steps, args.train_images, args.eval_prompts = 60, 1000, 64
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     known = {n for _, n in ABLATIONS}
     args.ablations = [a for a in args.ablations.split(",") if a.strip()]
@@ -99,7 +104,7 @@ class Bench:
             lambda: s.sample(self.prompts, [x + FLOOR_SEED_OFFSET for x in self.seeds], 50, "teacher@50 floor"))
         self.reference, self.ref_features = t50, extract_features(t50, self.features)
         ref_row = qs.score_images(floor, self.prompts, t50, self.features, self.ref_features)
-        ref_row.update(**qs.adherence_percent(t50, self.prompts), psnr_vs_teacher=None)
+        ref_row.update(**task_scores(t50, self.prompts), psnr_vs_teacher=None)
         self.add_row("teacher@50", [ref_row], sec50, t50)
         for steps in (4, 8):
             images, sec = self.cached_samples(
@@ -165,7 +170,7 @@ class Bench:
 def summarize(runs):
     """Mean and half-range over seeds of every metric."""
     out = {}
-    for key in ("fid_to_teacher", "adherence", "adherence_single", "psnr_vs_teacher"):
+    for key in SUMMARY_KEYS:
         values = [r[key] for r in runs if r.get(key) is not None]
         if values:
             out[key] = float(np.mean(values))
@@ -187,18 +192,20 @@ def markdown(result, command):
     lines = [
         f"# Distillation ablation on the toy world ({result['steps']} generator steps, seeds {result['seeds']})", "",
         f"Command: `{command}`", "",
-        f"{result['eval_prompts']} held-out prompts, one seed each; FID-to-teacher and PSNR against teacher@50 images "
-        "of the same prompts and seeds. The teacher@50 row's FID is teacher@50 with other seeds: FID's sampling noise "
-        "at this sample size; rows sampled from the same seeds as the reference can go below it. Students "
-        "are sampled at 4 steps with the LoRA fused. `±` is half the range over training seeds "
-        f"({len(result['seeds'])} seeds). Finished training runs: {result['finished_runs']}.", "",
-        "| row | FID-to-teacher | adherence % | one-object adherence % | PSNR vs teacher (dB) | s / image "
-        "| speed vs teacher@50 | n |",
-        "|---|---|---|---|---|---|---|---|",
+        f"{result['eval_prompts']} evaluation prompts (`toy.task.eval_prompts`), one seed each. Validity, one-object "
+        "adherence and coverage TV (largest over colour, shape and cell; 0 = uniform like the data) are read by the "
+        "task's exact detector (`toy.metrics`). FID-to-teacher and PSNR are against teacher@50 images of the same "
+        "prompts and seeds; the teacher@50 row's FID is teacher@50 with other seeds (FID's sampling noise at this "
+        "sample size; rows sampled from the reference's seeds can go below it). Students are sampled at 4 steps "
+        f"with the LoRA fused. `±` is half the range over training seeds ({len(result['seeds'])} seeds). Finished "
+        f"training runs: {result['finished_runs']}. Overrides: {result['overrides'] or 'none'}.", "",
+        "| row | validity % | one-object adherence % | coverage TV | FID-to-teacher | PSNR vs teacher (dB) "
+        "| s / image | speed vs teacher@50 | n |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in rows.items():
-        lines.append(f"| {name} | {cell(row, 'fid_to_teacher', 2)} | {cell(row, 'adherence', 1)} | "
-                     f"{cell(row, 'adherence_single', 1)} | "
+        lines.append(f"| {name} | {cell(row, 'validity', 1)} | {cell(row, 'adherence_single', 1)} | "
+                     f"{cell(row, 'coverage_tv', 3)} | {cell(row, 'fid_to_teacher', 2)} | "
                      f"{cell(row, 'psnr_vs_teacher', 2)} | {row['seconds_per_image']:.4f} | "
                      f"{base / row['seconds_per_image']:.1f}x | {len(row['runs'])} |")
     timing = ("re-measured round-robin at the end of the run" if result["interleaved_timing"]

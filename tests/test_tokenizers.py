@@ -6,7 +6,7 @@ import os
 import pytest
 from transformers import CLIPTokenizer, CLIPTokenizerFast, T5Tokenizer, T5TokenizerFast
 
-from ppflux_lightning.toy.tokenizers import CLIP_EOS, learn_bpe, make_clip_tokenizer, make_t5_tokenizer
+from ppflux_lightning.models.tokenizers import CLIP_EOS, learn_bpe, make_clip_tokenizer, make_t5_tokenizer
 
 CORPUS = [
     "a photo of a red cat sitting on a wooden chair",

@@ -10,8 +10,8 @@ import os
 
 import torch
 
+from ppflux_lightning.models.tokenizers import make_clip_tokenizer, make_t5_tokenizer
 from ppflux_lightning.pipelines.flux_pipeline import MODEL_INDEX
-from ppflux_lightning.toy.tokenizers import make_clip_tokenizer, make_t5_tokenizer
 
 CORPUS = (
     "a photo of a red cat sitting on a wooden chair",

@@ -19,6 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ppflux_lightning import cli  # noqa: E402  (before paddle: sets the MKL switch)
 from ppflux_lightning.utils.atomic import atomic_file, check_output_dir  # noqa: E402
 
+DEFAULT_FEATURES = os.path.join("assets", "toy", "task_features")
+
 TOY_CONFIG_NAME = "toy_world.json"  # ppflux_lightning.toy.build.TOY_CONFIG_NAME: marks a toy model folder
 
 
@@ -31,6 +33,10 @@ def _main(argv):
     parser.add_argument("--vae-steps", type=int, default=None, help="override the VAE's training steps")
     parser.add_argument("--teacher-steps", type=int, default=None, help="override the teacher's training steps")
     parser.add_argument("--guidance-steps", type=int, default=None, help="override the guidance-distillation steps")
+    parser.add_argument("--eval-prompts", type=int, default=None, help="prompts of the report's few-step curve")
+    parser.add_argument("--features", default=None,
+                        help="toy FID feature network folder for the report's few-step curve (default: "
+                             "assets/toy/task_features when it exists)")
     parser.add_argument("--nproc", type=int, default=1, help="data-parallel CPU processes (paddle.distributed.launch)")
     args = parser.parse_args(argv)
     cli.number("--nproc", args.nproc, min=1, max=os.cpu_count() or 1)
@@ -46,6 +52,8 @@ def _main(argv):
     from ppflux_lightning.toy.build import BuildSettings, build_toy
 
     settings = BuildSettings.quick(args.seed) if args.quick else BuildSettings(seed=args.seed)
+    if args.eval_prompts is not None:
+        settings.eval_prompts = args.eval_prompts
     if args.vae_steps is not None:
         settings.vae_steps = args.vae_steps
     for name in ("teacher_steps", "guidance_steps"):
@@ -53,7 +61,10 @@ def _main(argv):
         if value is not None:
             setattr(settings.teacher, name.replace("teacher_", ""), value)
     settings.teacher.__post_init__()  # re-check the overridden schedule
-    report = build_toy(out, settings, samples_path=out + "-samples.png")
+    features = args.features
+    if features is None and os.path.isfile(os.path.join(DEFAULT_FEATURES, "task_features.json")):
+        features = DEFAULT_FEATURES
+    report = build_toy(out, settings, samples_path=out + "-samples.png", features_dir=features)
     if report is None:  # not process 0 of a data-parallel build
         return 0
     with atomic_file(out + "-report.json") as tmp:

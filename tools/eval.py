@@ -1,4 +1,4 @@
-"""Evaluate generated images: FID (e.g. to the teacher: the seed's FID-FLUX), CLIP score, toy prompt adherence,
+"""Evaluate generated images: FID (e.g. to the teacher: the seed's FID-FLUX), CLIP score, toy-task metrics,
 PSNR/SSIM against a paired reference. Writes metrics.json and metrics.md.
 
     # images already on disk (one per prompt, sorted names = prompt order)
@@ -44,7 +44,8 @@ def add_metric_args(p):
                    "tools/convert_fid_inception.py), inception:FILE.pdparams (paddle.vision ImageNet weights; FIDs "
                    "not comparable with published ones) or task:FOLDER (toy; trained if absent)")
     p.add_argument("--clip", help="local paddlenlp CLIP folder for the CLIP score")
-    p.add_argument("--adherence", action="store_true", help="toy prompt adherence (task captions only)")
+    p.add_argument("--adherence", action="store_true",
+                   help="toy-task validity, adherence and coverage (task captions only)")
 
 
 def parse_args(argv=None):
@@ -144,16 +145,18 @@ def sample(pipe, sampling, args, prompts, out_dir, steps, lora):
 
 def score(args, images, prompts, reference, toy=False, image_size=None):
     from ppflux_lightning.eval import evaluate
+    from ppflux_lightning.toy.features import load_feature_spec  # tools sit on top: the toy world's parts
+    from ppflux_lightning.toy.metrics import task_scores
 
     features = args.features or (f"task:{os.path.join(args.out, 'task_features')}" if toy else None)
-    feature_fn = evaluate.load_feature_fn(features, image_size=image_size) if features and reference is not None \
-        else None
+    feature_fn = load_feature_spec(features, image_size=image_size) if features and reference is not None else None
     clip_scorer = None
     if args.clip:
         from ppflux_lightning.eval.clip_score import CLIPScorer
 
         clip_scorer = CLIPScorer.from_pretrained(args.clip)
-    metrics = evaluate.evaluate_images(images, prompts, reference, feature_fn, clip_scorer, args.adherence or toy)
+    metrics = evaluate.evaluate_images(images, prompts, reference, feature_fn, clip_scorer,
+                                       task_scores if args.adherence or toy else None)
     if "fid" in metrics:
         metrics["fid_features"] = features
     print(evaluate.write_report(metrics, args.out, f"`{' '.join(sys.argv)}`"), end="")
@@ -171,7 +174,7 @@ def run_command(args):
     from ppflux_lightning.eval.image_io import load_images, read_prompts
 
     if args.command == "train-features":
-        from ppflux_lightning.eval.features import train_task_features
+        from ppflux_lightning.toy.features import train_task_features
 
         extra = {"image_size": args.image_size} if args.image_size else {}
         accuracy = train_task_features(args.out, steps=args.steps, seed=args.seed, **extra)

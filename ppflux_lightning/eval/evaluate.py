@@ -1,5 +1,5 @@
 """Generate paired image sets with a pipeline and score them: FID (to a reference such as the teacher), CLIP score,
-toy prompt adherence, PSNR/SSIM against the reference; results as JSON and markdown.
+PSNR/SSIM against the reference, plus any task-specific scores a caller passes in; results as JSON and markdown.
 
 Image i of every set uses prompt i and seed `seed + i`, so a student and its teacher start from the same noise and
 PSNR/SSIM between them are meaningful.
@@ -14,7 +14,6 @@ from tqdm import tqdm
 
 from ..utils.atomic import atomic_file
 from ..utils.errors import InputFileError
-from . import adherence as adherence_metric
 from .fid import extract_features, fid_from_features
 from .image_io import to_uint8, write_prompts
 from .image_metrics import psnr, ssim
@@ -56,12 +55,13 @@ def generate_images(pipe, prompts, out_dir, steps, seed=0, height=1024, width=10
     return np.stack(images)
 
 
-def evaluate_images(images, prompts, reference=None, feature_fn=None, clip_scorer=None, toy_adherence=False):
+def evaluate_images(images, prompts, reference=None, feature_fn=None, clip_scorer=None, extra_metrics=None):
     """Every metric the inputs allow, as a flat dict.
 
     `fid` needs `reference` and `feature_fn`; `psnr`/`ssim` need a `reference` (paired by index, same size: another
     size is an error, not a silently missing metric);
-    `clip_score` needs `clip_scorer`; `adherence`/`adherence_exact` (fractions) need `toy_adherence` and task prompts.
+    `clip_score` needs `clip_scorer`; `extra_metrics(images, prompts) -> dict` adds task-specific scores (the toy
+    world's validity / adherence / coverage, passed in by `tools/eval.py`).
     """
     if len(images) != len(prompts):
         raise InputFileError(f"{len(images)} images but {len(prompts)} prompts")
@@ -82,9 +82,8 @@ def evaluate_images(images, prompts, reference=None, feature_fn=None, clip_score
             metrics["ssim"] = float(np.mean(ssim(a, b)))
     if clip_scorer is not None:
         metrics["clip_score"] = clip_scorer(images, prompts)
-    if toy_adherence:
-        metrics["adherence"] = adherence_metric.adherence_score(images, prompts)
-        metrics["adherence_exact"] = adherence_metric.adherence_score(images, prompts, exact=True)
+    if extra_metrics is not None:
+        metrics.update(extra_metrics(images, prompts))
     return metrics
 
 
@@ -111,25 +110,21 @@ def write_report(metrics, out_dir, description=None):
 
 
 
-def load_feature_fn(spec, train_steps=500, image_size=None):
+def load_feature_fn(spec):
     """A FID feature network from `fid-inception:FILE` (the standard FID Inception, converted by
-    tools/convert_fid_inception.py), `inception:FILE.pdparams` (paddle.vision's ImageNet InceptionV3) or
-    `task:FOLDER` (the toy classifier, trained into FOLDER first when it holds none)."""
+    tools/convert_fid_inception.py) or `inception:FILE.pdparams` (paddle.vision's ImageNet InceptionV3). The toy
+    world's `task:FOLDER` is `toy.features.load_feature_spec`, which falls back to this."""
     from . import features
 
     kind, sep, path = spec.partition(":")
-    if not sep or not path or kind not in ("fid-inception", "inception", "task"):
-        raise InputFileError(f"feature network must be fid-inception:FILE, inception:FILE or task:FOLDER, got {spec!r}")
+    if not sep or not path or kind not in ("fid-inception", "inception"):
+        raise InputFileError(f"feature network must be fid-inception:FILE or inception:FILE (or, for the toy world, "
+                             f"task:FOLDER), got {spec!r}")
     if kind == "fid-inception":
         from .fid_inception import FIDInceptionFeatures
 
         return FIDInceptionFeatures(path)
-    if kind == "inception":
-        return features.InceptionFeatures(path)
-    if not os.path.isfile(os.path.join(path, features.TASK_FEATURES_WEIGHTS)):
-        print(f"training the toy feature network into {path}")
-        features.train_task_features(path, steps=train_steps, **({"image_size": image_size} if image_size else {}))
-    return features.TaskFeatures(path)
+    return features.InceptionFeatures(path)
 
 
 def sampling_defaults(model_dir):

@@ -8,9 +8,9 @@ import paddle
 
 from ..models.flux_transformer import FluxConfig, FluxTransformer2DModel
 from ..models.text_encoders import build_clip_text_model, build_t5_encoder, save_text_encoder
+from ..models.tokenizers import make_clip_tokenizer, make_t5_tokenizer
 from ..models.vae import build_vae, save_vae
 from ..schedulers.flow_match import FlowMatchConfig, FlowMatchEulerScheduler
-from ..toy.tokenizers import make_clip_tokenizer, make_t5_tokenizer
 from ..utils.atomic import atomic_dir, has_marker
 from .flux_pipeline import MODEL_INDEX
 

@@ -15,16 +15,18 @@ import paddle
 from ..engine import distributed
 from ..models.flux_transformer import FluxConfig, FluxTransformer2DModel
 from ..models.text_encoders import build_clip_text_model, build_t5_encoder, save_text_encoder
+from ..models.tokenizers import make_clip_tokenizer, make_t5_tokenizer, set_model_max_length
 from ..models.vae import save_vae
 from ..pipelines.flux_pipeline import MODEL_INDEX, FluxPipeline, latent_image_ids, pack_latents
 from ..schedulers.flow_match import FlowMatchConfig, FlowMatchEulerScheduler
 from ..utils.atomic import atomic_dir, atomic_file
 from . import task
-from .tokenizers import make_clip_tokenizer, make_t5_tokenizer, set_model_max_length
+from .metrics import task_scores
 from .train_teacher import TeacherSchedule, train_teacher
-from .train_vae import build_vae, encode_mean, latent_factors, reconstruction_psnr, train_vae
+from .train_vae import build_vae, encode_mean, latent_factors, reconstruct, reconstruction_psnr, train_vae
 
 TOY_CONFIG_NAME = "toy_world.json"  # sampling settings the toy model was trained for, next to model_index.json
+CURVE_STEPS = (1, 2, 4, 8, 16, 50)  # the teacher's few-step curve in the build report
 
 
 @dataclasses.dataclass
@@ -32,32 +34,36 @@ class BuildSettings:
     """Sizes and schedules of one build; `quick()` is the ~1-2 minute end-to-end check."""
 
     image_size: int = task.IMAGE_SIZE
-    dataset_size: int = 8000
+    dataset_size: int = 12000
     vae_channels: tuple = (8, 16, 32)
-    vae_steps: int = 1200
+    vae_steps: int = 2000
     vae_batch: int = 16
+    vae_crop: int = 48  # whole images: 32 px crops were 2.25x cheaper per step but reached only 22.8 dB in 800 steps
     vae_lr: float = 5e-3
+    vae_latent_noise: float = 0.0  # > 0: noise (x latent std) on the decoder's input over the last 40 % of steps
     text_width: int = 64
-    width: int = 64  # transformer inner dim = heads x head_dim
-    heads: int = 2
+    width: int = 96  # transformer inner dim = heads x head_dim
+    heads: int = 3
     double_blocks: int = 2
     single_blocks: int = 2
     teacher: TeacherSchedule = dataclasses.field(default_factory=TeacherSchedule)
     guidance_scale: float = 3.5
     sample_steps: int = 50
-    eval_prompts: int = 32  # per split, for the adherence in the build report
+    eval_prompts: int = 384  # task.eval_prompts(n) sampled for the build report
+    curve_steps: tuple = CURVE_STEPS
     seed: int = 0
 
     @classmethod
     def quick(cls, seed=0):
         return cls(dataset_size=64, vae_steps=8, vae_batch=4, teacher=TeacherSchedule(
-            steps=12, guidance_steps=4, batch_size=8, warmup=2, seed=seed), sample_steps=2, eval_prompts=2, seed=seed)
+            steps=12, guidance_steps=4, batch_size=8, warmup=2, seed=seed), sample_steps=2, eval_prompts=8,
+            curve_steps=(1, 2), seed=seed)
 
 
 def caption_corpus():
     """Tokenizer training text: every caption word on its own line (repeated, so sentencepiece keeps whole words as
-    pieces and a caption stays short), every single-object caption, and pairs joined so ' and ' is seen."""
-    singles = [task.caption(task.Scene((o,))) for o in task.all_objects()]
+    pieces and a caption stays short), every one-object caption, and pairs joined so ' and ' is seen."""
+    singles = [task.caption((s,)) for s in task.all_specs()]
     return task.vocabulary() * 20 + singles + [f"{a} and {b}" for a, b in zip(singles[::2], singles[1::2])]
 
 
@@ -99,9 +105,10 @@ def _log(message):
     print(f"[build_toy {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def build_toy(out_dir, settings: BuildSettings | None = None, samples_path=None):
+def build_toy(out_dir, settings: BuildSettings | None = None, samples_path=None, features_dir=None):
     """Train every component and write the pipeline folder `out_dir` (replaced atomically). Returns a report dict.
 
+    `features_dir` (a `toy.features` network folder) adds FID-to-teacher to the few-step curve of the report.
     Under `paddle.distributed.launch` the VAE and teacher steps are split over the processes (same result, faster);
     process 0 writes the folder and evaluates it, the others return None after training.
     """
@@ -121,7 +128,8 @@ def build_toy(out_dir, settings: BuildSettings | None = None, samples_path=None)
         t5_vocab = make_t5_tokenizer(os.path.join(stage, "tokenizer_2"), corpus, vocab_size=64)
         tokenizer = CLIPTokenizer.from_pretrained(os.path.join(stage, "tokenizer"))
         tokenizer_2 = T5Tokenizer.from_pretrained(os.path.join(stage, "tokenizer_2"))
-        max_len = t5_length(tokenizer_2, [task.caption(s) for s in task.all_scenes()[::97]] + corpus)
+        longest = max((task.caption((s,)) for s in task.all_specs()), key=len)
+        max_len = t5_length(tokenizer_2, corpus + [f"{longest} and {longest}"])  # the longest two-object caption
         set_model_max_length(os.path.join(stage, "tokenizer_2"), max_len)
         clip_cfg, t5_cfg = text_encoder_configs(clip_vocab, t5_vocab, settings.text_width)
         paddle.seed(settings.seed)
@@ -135,10 +143,14 @@ def build_toy(out_dir, settings: BuildSettings | None = None, samples_path=None)
         paddle.seed(settings.seed)
         vae = build_vae(settings.vae_channels, sample_size=settings.image_size)
         t0 = time.time()
-        train_vae(vae, images, settings.vae_steps, settings.vae_batch, lr=settings.vae_lr, seed=settings.seed)
+        train_vae(vae, images, settings.vae_steps, settings.vae_batch, lr=settings.vae_lr, crop=settings.vae_crop,
+                  seed=settings.seed, latent_noise=settings.vae_latent_noise)
         report["vae_seconds"] = round(time.time() - t0, 1)
         report["vae_psnr_eval_db"] = round(reconstruction_psnr(vae, held_images), 2)
-        _log(f"VAE reconstruction PSNR on held-out scenes: {report['vae_psnr_eval_db']} dB")
+        held_captions = task.eval_prompts(len(held_images))
+        report["vae_valid_eval"] = round(task_scores(reconstruct(vae, held_images), held_captions)["validity"], 1)
+        _log(f"VAE reconstruction PSNR on held-out scenes: {report['vae_psnr_eval_db']} dB, "
+             f"{report['vae_valid_eval']} % read as valid scenes")
         raw = encode_mean(vae, images)
         shift, scale = latent_factors(raw)
         vae.register_to_config(shift_factor=shift, scaling_factor=scale)
@@ -191,7 +203,13 @@ def build_toy(out_dir, settings: BuildSettings | None = None, samples_path=None)
     report["build_seconds_before_sampling"] = round(time.time() - started, 1)
 
     # --- reload like any user and sample
-    report.update(evaluate_toy(out_dir, settings.eval_prompts, samples_path=samples_path))
+    feature_fn = None
+    if features_dir:
+        from .features import TaskFeatures
+
+        feature_fn = TaskFeatures(features_dir)
+    report.update(evaluate_toy(out_dir, settings.eval_prompts, samples_path=samples_path, feature_fn=feature_fn,
+                               curve_steps=settings.curve_steps))
     report["build_seconds"] = round(time.time() - started, 1)
     report["folder_bytes"] = folder_bytes(out_dir)
     return report
@@ -216,31 +234,41 @@ def sample_toy(pipe, prompts, seed, toy_config, steps=None, guidance_scale=None)
                 max_sequence_length=toy_config["max_sequence_length"], output_type="np").images
 
 
-def evaluate_toy(path, n_prompts=32, samples_path=None):
-    """Adherence of 50-step samples on train and held-out prompts (when the detector exists); writes a grid."""
-    toy_config = load_toy_config(path)
-    pipe = FluxPipeline.from_pretrained(path)
-    pipe.set_progress_bar_config(disable=True)
-    splits = {"train": task.train_prompts(), "eval": task.eval_prompts()}
-    result, grid = {}, []
-    for name, prompts in splits.items():
-        chosen = [prompts[i] for i in np.linspace(0, len(prompts) - 1, n_prompts).astype(int)]
-        images = sample_toy(pipe, chosen, 0, toy_config)
-        grid.append(images[:8])
-        score = _adherence(images, chosen)
-        if score is not None:
-            result[f"adherence_{name}"] = round(score, 3)
+def evaluate_toy(path, n_prompts=512, samples_path=None, feature_fn=None, curve_steps=CURVE_STEPS, seed=0):
+    """The teacher at every step count of `curve_steps` (guidance and text length from `toy_world.json`) on
+    `task.eval_prompts(n_prompts)`, one seed per prompt: validity, adherence, coverage (`toy.metrics`), and with a
+    `feature_fn` FID-to-teacher against the most-step images (that row: against itself with other seeds).
+
+    `samples_path` gets a grid of the most-step images and `<stem>-steps.png` one row per step count."""
+    from ..eval.fid import extract_features, fid_from_features
+    from ..eval.image_metrics import psnr
+    from .metrics import task_scores
+    from .quickstart import Sampler, save_rows_grid
+
+    prompts = task.eval_prompts(n_prompts)
+    seeds = [seed + i for i in range(len(prompts))]
+    sampler = Sampler(path)
+    steps = sorted(curve_steps)
+    images = {n: sampler.sample(prompts, seeds, n, f"teacher@{n}")[0] for n in steps}
+    top = steps[-1]
+    curve = {}
+    ref = extract_features(images[top], feature_fn) if feature_fn else None
+    for n in steps:
+        row = {"steps": n, **task_scores(images[n], prompts)}
+        if n != top:
+            row["psnr_vs_teacher"] = float(np.mean(np.minimum(psnr(images[n], images[top]), 100.0)))
+        if feature_fn is not None:
+            if n == top:  # the sampling floor: the same prompts with other seeds
+                other = sampler.sample(prompts, [s + 100000 for s in seeds], n, f"teacher@{n} other seeds")[0]
+                row["fid_to_teacher"] = fid_from_features(extract_features(other, feature_fn), ref)
+            else:
+                row["fid_to_teacher"] = fid_from_features(extract_features(images[n], feature_fn), ref)
+        curve[f"teacher@{n}"] = row
     if samples_path:
-        save_grid(np.concatenate(grid), samples_path, columns=8)
-    return result
-
-
-def _adherence(images, prompts):
-    try:
-        from ..eval.adherence import adherence_score
-    except ImportError:
-        return None
-    return float(adherence_score(images, prompts))
+        save_grid(images[top][:16], samples_path, columns=8)
+        stem, ext = os.path.splitext(samples_path)
+        save_rows_grid([(f"teacher@{n}", images[n]) for n in steps], f"{stem}-steps{ext}", columns=10)
+    return {"eval_prompts": len(prompts), "curve": curve, "grid_prompts": prompts[:16]}
 
 
 def save_grid(images, path, columns=8, scale=2):

@@ -81,12 +81,10 @@ def toy_settings(model_dir):
 
 
 def eval_prompt_set(count):
-    """`count` EVAL-split prompts at an even stride (held-out compositions) and their seeds 0..count-1."""
-    prompts = task.eval_prompts()
-    if not 1 <= count <= len(prompts):
-        raise ValueError(f"eval prompt count must be in [1, {len(prompts)}], got {count}")
-    chosen = [prompts[i] for i in np.linspace(0, len(prompts) - 1, count).round().astype(int)]
-    return chosen, list(range(count))
+    """`task.eval_prompts(count)` (open attributes at every level, held-out triples named in full, a quarter
+    two-object prompts) and their seeds 0..count-1."""
+    prompts = task.eval_prompts(count)
+    return prompts, list(range(len(prompts)))
 
 
 # ---------------------------------------------------------------- training
@@ -198,7 +196,7 @@ class Sampler:
 
 def load_features(folder, train_steps=400, seed=0, image_size=task.IMAGE_SIZE):
     """The toy FID feature network in `folder`, trained there first when the folder holds none."""
-    from ..eval.features import TASK_FEATURES_WEIGHTS, TaskFeatures, train_task_features
+    from .features import TASK_FEATURES_WEIGHTS, TaskFeatures, train_task_features
 
     if not os.path.isfile(os.path.join(folder, TASK_FEATURES_WEIGHTS)):
         print(f"[quickstart] training the toy feature network for FID into {folder!r}", flush=True)
@@ -208,7 +206,7 @@ def load_features(folder, train_steps=400, seed=0, image_size=task.IMAGE_SIZE):
 
 def default_features_dir(model_dir, out_dir):
     """A feature network committed next to the toy model (`<model>/../task_features`), else `<out>/task_features`."""
-    from ..eval.features import TASK_FEATURES_WEIGHTS
+    from .features import TASK_FEATURES_WEIGHTS
 
     beside = os.path.join(os.path.dirname(os.path.abspath(model_dir.rstrip("/"))), "task_features")
     if os.path.isfile(os.path.join(beside, TASK_FEATURES_WEIGHTS)):
@@ -216,26 +214,17 @@ def default_features_dir(model_dir, out_dir):
     return os.path.join(out_dir, "task_features")
 
 
-def adherence_percent(images, prompts):
-    """Adherence (%) over all prompts and over the one-object prompts only (None when there are none): the toy
-    teacher places and colours single objects, two-object prompts also need the attributes bound to the right one."""
-    from ..eval.adherence import adheres
-
-    hits = np.array([adheres(image, prompt) for image, prompt in zip(images, prompts)], dtype=np.float64)
-    single = np.array([len(task.parse_caption(p).objects) == 1 for p in prompts])
-    return {"adherence": 100.0 * float(hits.mean()),
-            "adherence_single": 100.0 * float(hits[single].mean()) if single.any() else None}
-
-
 def score_images(images, prompts, reference, feature_fn, reference_features=None):
-    """FID-to-teacher, adherence (%, all and one-object prompts) and PSNR vs the teacher (dB, mean over pairs)."""
+    """FID-to-teacher, the exact task metrics (`toy.metrics.task_scores`: validity, adherence, coverage) and PSNR vs
+    the teacher (dB, mean over pairs)."""
     from ..eval.fid import extract_features, fid_from_features
     from ..eval.image_metrics import psnr
+    from .metrics import task_scores
 
     if reference_features is None:
         reference_features = extract_features(reference, feature_fn)
     fid = fid_from_features(extract_features(images, feature_fn), reference_features)
-    return {"fid_to_teacher": fid, **adherence_percent(images, prompts),
+    return {"fid_to_teacher": fid, **task_scores(images, prompts),
             "psnr_vs_teacher": float(np.mean(np.minimum(psnr(images, reference), 100.0)))}
 
 
@@ -267,7 +256,7 @@ class QuickstartSettings:
     config: str = os.path.join(CONFIG_DIR, "full.yaml")
     steps: int = 100                # generator steps of the student
     train_images: int = 2000
-    eval_prompts: int = 64
+    eval_prompts: int = 96
     grid_columns: int = 8
     seed: int = 0
     features: str = ""              # FID feature network folder ("" = default_features_dir; trained if missing)
@@ -301,10 +290,11 @@ def run_quickstart(s: QuickstartSettings):
     student4, s4 = sampler.sample_student(lora_path, prompts, seeds, 4, "student@4")
 
     from ..eval.fid import extract_features
+    from .metrics import task_scores
 
     ref = extract_features(teacher50, features)
     rows = {
-        "teacher@50": {**adherence_percent(teacher50, prompts), "seconds_per_image": t50},
+        "teacher@50": {**task_scores(teacher50, prompts), "seconds_per_image": t50},
         "teacher@4": {**score_images(teacher4, prompts, teacher50, features, ref), "seconds_per_image": t4},
         "student@4": {**score_images(student4, prompts, teacher50, features, ref), "seconds_per_image": s4},
     }
@@ -333,15 +323,17 @@ def report_markdown(result, grid_prompts):
         "# FLUX-Lightning quickstart (toy world)", "",
         f"Teacher `{result['model']}`, config `{os.path.relpath(result['config'], REPO_ROOT)}`, "
         f"{result['steps']} generator steps on {result['train_images']} training images "
-        f"({result['train_seconds']} s), evaluated on {result['eval_prompts']} held-out prompts, one seed each.",
-        "", "FID-to-teacher and PSNR are measured against teacher@50 images of the same prompts and seeds.", "",
-        "| row | FID-to-teacher | adherence % | one-object adherence % | PSNR vs teacher (dB) | s / image | "
-        "speed vs teacher@50 |",
-        "|---|---|---|---|---|---|---|",
+        f"({result['train_seconds']} s), evaluated on {result['eval_prompts']} evaluation prompts, one seed each.",
+        "", "Validity, adherence and coverage are read by the task's exact detector (`toy.metrics`); FID-to-teacher "
+        "and PSNR are measured against teacher@50 images of the same prompts and seeds. Coverage TV is the largest "
+        "over colour, shape and cell (0 = the uniform distribution the data has).", "",
+        "| row | validity % | one-object adherence % | coverage TV | FID-to-teacher | PSNR vs teacher (dB) | "
+        "s / image | speed vs teacher@50 |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, row in rows.items():
-        lines.append(f"| {name} | {fmt(row.get('fid_to_teacher'))} | {fmt(row['adherence'], 1)} | "
-                     f"{fmt(row.get('adherence_single'), 1)} | "
+        lines.append(f"| {name} | {fmt(row['validity'], 1)} | {fmt(row.get('adherence_single'), 1)} | "
+                     f"{fmt(row.get('coverage_tv'), 3)} | {fmt(row.get('fid_to_teacher'))} | "
                      f"{fmt(row.get('psnr_vs_teacher'))} | {row['seconds_per_image']:.4f} | "
                      f"{base / row['seconds_per_image']:.1f}x |")
     lines += ["", "Seconds per image: median over batches, measured side by side in this run (the machine may be "
@@ -356,7 +348,8 @@ def report_markdown(result, grid_prompts):
 def summary_line(result):
     rows = result["rows"]
     st, t4, t50 = rows["student@4"], rows["teacher@4"], rows["teacher@50"]
-    return (f"student@4: FID-to-teacher {st['fid_to_teacher']:.2f} (teacher@4 {t4['fid_to_teacher']:.2f}), "
-            f"adherence {st['adherence']:.1f}% (teacher@50 {t50['adherence']:.1f}%, teacher@4 {t4['adherence']:.1f}%), "
-            f"PSNR {st['psnr_vs_teacher']:.2f} dB; report in {os.path.dirname(result['grid'])}/report.md "
-            f"({result['total_seconds']:.0f} s)")
+    return (f"student@4: validity {st['validity']:.1f}% (teacher@50 {t50['validity']:.1f}%, teacher@4 "
+            f"{t4['validity']:.1f}%), coverage TV {fmt(st['coverage_tv'], 3)} (teacher@50 "
+            f"{fmt(t50['coverage_tv'], 3)}), FID-to-teacher {st['fid_to_teacher']:.2f} (teacher@4 "
+            f"{t4['fid_to_teacher']:.2f}), PSNR {st['psnr_vs_teacher']:.2f} dB; report in "
+            f"{os.path.dirname(result['grid'])}/report.md ({result['total_seconds']:.0f} s)")

@@ -24,7 +24,7 @@ from ..schedulers.flow_match import time_shift
 class TeacherSchedule:
     """Optimisation settings of the toy teacher."""
 
-    steps: int = 4000
+    steps: int = 3600
     guidance_steps: int = 500  # the last steps of `steps` are guidance distillation (0 = phase 1 only)
     batch_size: int = 64
     lr: float = 2e-3

@@ -47,13 +47,16 @@ def random_crops(images: np.ndarray, idx: np.ndarray, crop: int, rng: np.random.
 
 def train_vae(vae, images: np.ndarray, steps: int, batch_size: int = 16, lr: float = 2e-3, kl_weight: float = 1e-6,
               crop: int = 48, sample_posterior: bool = False, object_weight: float = 10.0, seed: int = 0,
-              desc: str = "vae"):
+              latent_noise: float = 0.0, noise_from: float = 0.6, desc: str = "vae"):
     """L1 + MSE reconstruction with a small KL term, AdamW with a cosine schedule; returns the loss history.
 
     Pixels that differ from the background weigh ``object_weight`` times more: objects cover a small part of a
     toy image, and an unweighted loss first learns a grey blob of the wrong colour. Random ``crop`` windows cut the
     cost (the VAE is convolutional). By default the decoder sees the posterior mean, which converged faster on this
-    budget than sampling; the KL term still bounds the latents. Under ``paddle.distributed.launch`` each process
+    budget than sampling; the KL term still bounds the latents. From step ``noise_from * steps`` on, the decoder sees
+    the latents plus Gaussian noise of ``latent_noise`` times each latent's standard deviation (about the scale of
+    the normalised latents the transformer works in): it learns to turn a slightly wrong latent into a clean scene
+    instead of a speckled one, which is what a sampler's latents are. Under ``paddle.distributed.launch`` each process
     trains on its share of the same seeded batch and gradients are averaged (= one process, faster).
     """
     if steps < 1 or batch_size < 1:
@@ -68,10 +71,15 @@ def train_vae(vae, images: np.ndarray, steps: int, batch_size: int = 16, lr: flo
     vae.train()
     history = []
     bar = tqdm(range(steps), desc=desc, mininterval=2.0, disable=not distributed.is_main())
-    for _ in bar:
+    noisy_from = int(round(noise_from * steps)) if latent_noise > 0 else steps
+    for step in bar:
         x = to_tensor(random_crops(images, rng.integers(0, len(images), batch_size), crop, rng)[share])
         posterior = vae.encode(x).latent_dist
-        rec = vae.decode(posterior.sample() if sample_posterior else posterior.mean).sample
+        z = posterior.sample() if sample_posterior else posterior.mean
+        if step >= noisy_from:
+            z = z + latent_noise * z.detach().std(axis=[1, 2, 3], keepdim=True) * paddle.to_tensor(
+                rng.standard_normal((batch_size, *z.shape[1:]), dtype=np.float32)[share])
+        rec = vae.decode(z).sample
         err = rec - x
         loss = ((err.abs() + err**2) * foreground_weights(x, object_weight)).mean() + kl_weight * posterior.kl().mean()
         loss.backward()
@@ -86,11 +94,10 @@ def train_vae(vae, images: np.ndarray, steps: int, batch_size: int = 16, lr: flo
 
 
 def foreground_weights(x: paddle.Tensor, object_weight: float) -> paddle.Tensor:
-    """[N, 1, H, W] loss weights: 1 on background pixels, ``object_weight`` where any channel is off-background."""
-    from .task import BACKGROUND
-
-    background = paddle.to_tensor([c / 127.5 - 1.0 for c in BACKGROUND], dtype=x.dtype).reshape([1, 3, 1, 1])
-    foreground = ((x - background).abs().max(axis=1, keepdim=True) > 0.05).astype(x.dtype)
+    """[N, 1, H, W] loss weights: 1 on background pixels, ``object_weight`` on coloured ones (the task's backgrounds
+    are grey: their chroma, max - min channel, stays below 14/255; every palette colour's is above 150/255)."""
+    chroma = x.max(axis=1, keepdim=True) - x.min(axis=1, keepdim=True)  # x in [-1, 1]: twice the 0-1 chroma
+    foreground = (chroma > 2 * 30 / 255).astype(x.dtype)
     return 1.0 + (object_weight - 1.0) * foreground
 
 
@@ -111,6 +118,14 @@ def reconstruction_psnr(vae, images: np.ndarray, batch_size: int = 64) -> float:
         rec = vae.decode(vae.encode(x).latent_dist.mean).sample
         mse.append((((rec.clip(-1, 1) - x) / 2.0) ** 2).mean(axis=[1, 2, 3]).numpy())
     return float(10.0 * math.log10(1.0 / max(float(np.concatenate(mse).mean()), 1e-12)))
+
+
+@paddle.no_grad()
+def reconstruct(vae, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """decode(encode mean) of uint8 images, as float [N, H, W, 3] in [0, 1]."""
+    out = [((vae.decode(vae.encode(to_tensor(images[i:i + batch_size])).latent_dist.mean).sample.clip(-1, 1) + 1) / 2)
+           .numpy().transpose(0, 2, 3, 1) for i in range(0, len(images), batch_size)]
+    return np.concatenate(out)
 
 
 def latent_factors(latents: np.ndarray):
