@@ -146,9 +146,10 @@ def build_toy(out_dir, settings: BuildSettings | None = None, samples_path=None,
         train_vae(vae, images, settings.vae_steps, settings.vae_batch, lr=settings.vae_lr, crop=settings.vae_crop,
                   seed=settings.seed, latent_noise=settings.vae_latent_noise)
         report["vae_seconds"] = round(time.time() - t0, 1)
-        report["vae_psnr_eval_db"] = round(reconstruction_psnr(vae, held_images), 2)
+        held_reconstructed = reconstruct(vae, held_images)  # encode + decode once, for both numbers
+        report["vae_psnr_eval_db"] = round(reconstruction_psnr(held_reconstructed, held_images), 2)
         held_captions = task.eval_prompts(len(held_images))
-        report["vae_valid_eval"] = round(task_scores(reconstruct(vae, held_images), held_captions)["validity"], 1)
+        report["vae_valid_eval"] = round(task_scores(held_reconstructed, held_captions)["validity"], 1)
         _log(f"VAE reconstruction PSNR on held-out scenes: {report['vae_psnr_eval_db']} dB, "
              f"{report['vae_valid_eval']} % read as valid scenes")
         raw = encode_mean(vae, images)
