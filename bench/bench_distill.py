@@ -6,8 +6,9 @@ Rows: teacher@50 (reference; its FID is the floor: teacher@50 with other seeds),
 then 4-step students: consistency only, +adversarial, +adversarial+DMD, full FLUX-Lightning (+reflow), each trained
 with every seed (mean and spread shown). Columns: the toy task's exact validity, one-object adherence and coverage
 (`toy.metrics`), FID-to-teacher, PSNR vs teacher, seconds per image.
-Resumable: finished runs (same config) and their cached samples are reused. Writes `results.md`, `results.json` and
-`grid.png` under `--out` after every finished run, so a partial run still leaves a table.
+Resumable: finished runs (same config, same model and data files) and their cached samples are reused. Writes
+`results.md`, `results.json` and `grid.png` under `--out` after every finished run, so a partial run still leaves a
+table.
 """
 
 import argparse
@@ -80,8 +81,9 @@ class Bench:
         self.rows, self.grid = {}, []
 
     def cached_samples(self, path, make):
-        """Images from `path` (npz) when they were sampled for the same prompts and seeds, else `make()` and save."""
-        key = json.dumps([self.prompts, self.seeds])
+        """Images from `path` (npz) when they were sampled from the same model files for the same prompts and seeds,
+        else `make()` and save."""
+        key = json.dumps([self.prompts, self.seeds, qs.folder_fingerprint(self.model)])
         if os.path.isfile(path):
             with np.load(path) as f:
                 if str(f["key"]) == key:

@@ -56,7 +56,7 @@ class Config(dict):
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads `1e-5` as a float (YAML 1.1 requires a dot, so PyYAML returns the string)."""
+    """SafeLoader that also reads `1e-5` and `-.5` as floats (PyYAML's YAML 1.1 resolver returns them as strings)."""
 
 
 _Loader.add_implicit_resolver(
@@ -64,7 +64,7 @@ _Loader.add_implicit_resolver(
     re.compile(
         r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
         |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
         |[-+]?\.(?:inf|Inf|INF)
         |\.(?:nan|NaN|NAN))$""",
         re.X,

@@ -65,6 +65,7 @@ def test_scientific_float_in_yaml_file_is_a_float(tmp_path):
     cfg = load_config(top, schema=SCHEMA)
     assert cfg.train.lr == 1e-5
     assert parse_value("3") == 3 and parse_value("2e3") == 2000.0 and parse_value("abc") == "abc"
+    assert parse_value("-.5") == -0.5 and parse_value("+.25") == 0.25 and parse_value(".5e-2") == 0.005
 
 
 def test_unknown_key_names_closest_valid_key(tmp_path):

@@ -65,6 +65,29 @@ def test_quickstart_smoke_end_to_end_and_rerun_skips_training(tiny_toy, tmp_path
     assert quickstart_tool.main(argv) == 0
     assert "finished earlier with the same config, skipped" in capsys.readouterr().out
     assert os.path.getmtime(marker) == before
+    with open(marker) as f:  # the teacher and the data are part of what makes a run "the same"
+        assert "# inputs: model " in json.load(f)["config"]
+
+
+def test_fingerprints_follow_the_files_and_the_task(tmp_path, monkeypatch):
+    folder = tmp_path / "model"
+    (folder / "transformer").mkdir(parents=True)
+    (folder / "transformer" / "weights.bin").write_bytes(b"1234")
+    first = qs.folder_fingerprint(str(folder))
+    assert qs.folder_fingerprint(str(folder)) == first and len(first) == 16
+    os.utime(folder / "transformer" / "weights.bin", ns=(10**9, 10**9))  # rewritten (a rebuilt toy model)
+    second = qs.folder_fingerprint(str(folder))
+    assert second != first
+    (folder / "transformer" / "extra.json").write_text("{}")  # a file added
+    assert qs.folder_fingerprint(str(folder)) not in (first, second)
+
+    assert task.fingerprint() == task.fingerprint() and len(task.fingerprint()) == 16
+    data = str(tmp_path / "data")
+    qs.write_train_data(data, 4, 24, seed=0)
+    monkeypatch.setattr(task, "fingerprint", lambda: "another-task")  # same count, size and seed, another task
+    qs.write_train_data(data, 4, 24, seed=0)
+    with open(os.path.join(data, qs.DATA_MARKER)) as f:
+        assert json.load(f)["task"] == "another-task"  # re-rendered, not reused
 
 
 def test_missing_model_folder_is_one_line_error(tmp_path, capsys):

@@ -20,14 +20,14 @@ def test_caption_round_trip_and_open_attributes():
     assert task.caption((task.Spec("circle"),)) == "a circle"
     assert task.parse_caption("a shape") == (task.Spec(),)
     assert task.parse_caption("a shape").__getitem__(0).level == 0
-    two = "a red circle at the top left and a square"
-    assert task.parse_caption(two) == (task.Spec("circle", "red", "top left"), task.Spec("square"))
-    scene = task.Scene((task.Obj("circle", "red", "top left"), task.Obj("square", "blue", "bottom right")))
-    assert task.caption(scene) == "a red circle at the top left and a blue square at the bottom right"
+    two = "a red circle at the top left and a bar"
+    assert task.parse_caption(two) == (task.Spec("circle", "red", "top left"), task.Spec("bar"))
+    scene = task.Scene((task.Obj("circle", "red", "top left"), task.Obj("bar", "blue", "bottom right")))
+    assert task.caption(scene) == "a red circle at the top left and a blue bar at the bottom right"
 
 
 @pytest.mark.parametrize("text", ["a purple circle", "a circle at the center", "a red circle at the top left and "
-                                  "a blue square at the top left", "two red circles", "a circle red", "",
+                                  "a blue bar at the top left", "two red circles", "a circle red", "",
                                   "a shape and a shape and a shape"])
 def test_parse_caption_rejects_bad_text(text):
     with pytest.raises(ValueError, match="caption"):
@@ -47,15 +47,15 @@ def test_render_geometry_matches_hand_computation():
     size = 48
     cell = size / task.GRID
     radius = sum(task.RADIUS_RANGE) / 2 * cell  # the canonical (rng=None) size
-    image = task.render(task.Scene((task.Obj("square", "green", "bottom right"),)), size)
+    image = task.render(task.Scene((task.Obj("bar", "green", "bottom right"),)), size)
     assert image.shape == (size, size, 3) and image.dtype == np.uint8
     green = np.all(image == task.COLORS["green"], axis=-1)
-    half = 0.85 * radius
+    half_w, half_h = radius, 0.5 * radius  # the bar: as wide as the circle, half as tall
     cy = cx = 1.5 * cell
     ys, xs = np.nonzero(green)
-    # fully covered pixels lie inside the square, and the square's interior is fully covered
-    assert (np.abs(xs + 0.5 - cx) <= half).all() and (np.abs(ys + 0.5 - cy) <= half).all()
-    assert green.sum() >= (2 * half - 2) ** 2
+    # fully covered pixels lie inside the bar, and the bar's interior is fully covered
+    assert (np.abs(xs + 0.5 - cx) <= half_w).all() and (np.abs(ys + 0.5 - cy) <= half_h).all()
+    assert green.sum() >= (2 * half_w - 2) * (2 * half_h - 2)
     assert np.all(image[0, 0] == task.CANONICAL_BACKGROUND)
     circle = task.render(task.Scene((task.Obj("circle", "red", "top left"),)), size)
     covered = (circle.astype(float) - task.CANONICAL_BACKGROUND)[..., 0] / (
@@ -186,7 +186,7 @@ def test_adherence_checks_only_the_named_attributes():
     assert detector.adheres(image, "a red shape and a triangle")
     assert detector.adheres(image, "a shape at the bottom right")
     assert not detector.adheres(image, "a green circle at the top left")  # colour
-    assert not detector.adheres(image, "a red square")  # shape
+    assert not detector.adheres(image, "a red bar")  # shape
     assert not detector.adheres(image, "a red circle at the top right")  # position
     assert not detector.adheres(image, "a red shape and a red shape")  # each object its own detection
     assert detector.adheres(image, "a red circle at the top left")  # an extra object does not break adherence ...
@@ -197,8 +197,8 @@ def test_task_scores_by_hand():
     from ppflux_lightning.toy import metrics
 
     rng = np.random.default_rng(0)
-    prompts = ["a shape"] * 8 + ["a red circle at the top left", "a red circle at the top left and a square"]
-    shapes = ["circle"] * 4 + ["square"] * 4  # colours and cells drawn, shapes only two of three: TV 1/3
+    prompts = ["a shape"] * 8 + ["a red circle at the top left", "a red circle at the top left and a bar"]
+    shapes = ["circle"] * 4 + ["bar"] * 4  # colours and cells drawn, shapes only two of three: TV 1/3
     scenes = [task.Scene((task.Obj(s, "green", "top right"),)) for s in shapes]
     scenes += [task.Scene((task.Obj("circle", "blue", "top left"),)),  # wrong colour
                task.Scene((task.Obj("circle", "red", "top left"),))]  # one object missing

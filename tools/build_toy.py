@@ -14,12 +14,13 @@ import subprocess
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 from ppflux_lightning import cli  # noqa: E402  (before paddle: sets the MKL switch)
 from ppflux_lightning.utils.atomic import atomic_file, check_output_dir  # noqa: E402
 
-DEFAULT_FEATURES = os.path.join("assets", "toy", "task_features")
+DEFAULT_FEATURES = os.path.join(ROOT, "assets", "toy", "task_features")  # the committed one, from any directory
 
 TOY_CONFIG_NAME = "toy_world.json"  # ppflux_lightning.toy.build.TOY_CONFIG_NAME: marks a toy model folder
 
@@ -50,6 +51,7 @@ def _main(argv):
     if args.nproc > 1 and "PADDLE_TRAINER_ID" not in os.environ:
         return _launch(args.nproc, argv)
     from ppflux_lightning.toy.build import BuildSettings, build_toy
+    from ppflux_lightning.toy.features import TASK_FEATURES_CONFIG
 
     settings = BuildSettings.quick(args.seed) if args.quick else BuildSettings(seed=args.seed)
     if args.eval_prompts is not None:
@@ -62,7 +64,7 @@ def _main(argv):
             setattr(settings.teacher, name.replace("teacher_", ""), value)
     settings.teacher.__post_init__()  # re-check the overridden schedule
     features = args.features
-    if features is None and os.path.isfile(os.path.join(DEFAULT_FEATURES, "task_features.json")):
+    if features is None and os.path.isfile(os.path.join(DEFAULT_FEATURES, TASK_FEATURES_CONFIG)):
         features = DEFAULT_FEATURES
     report = build_toy(out, settings, samples_path=out + "-samples.png", features_dir=features)
     if report is None:  # not process 0 of a data-parallel build

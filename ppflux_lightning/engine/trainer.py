@@ -23,7 +23,7 @@ from ..objectives import GAUSSIAN, DistillationRecipe, sample_draws
 from ..objectives.recipe import RECIPE_CHANGES, RECIPE_VERSION
 from ..schedulers.flow_match import FlowMatchEulerScheduler
 from ..utils import device
-from ..utils.atomic import write_marker
+from ..utils.atomic import atomic_file, write_marker
 from ..utils.errors import ConfigError
 from . import checkpoint as ckpt
 from . import distributed as dist
@@ -177,8 +177,9 @@ class Trainer:
             os.makedirs(t.output_dir, exist_ok=True)
             write_marker(t.output_dir, "training")
             if self.config_text is not None:
-                with open(os.path.join(t.output_dir, "config.yaml"), "w", encoding="utf-8") as f:
-                    f.write(self.config_text)
+                with atomic_file(os.path.join(t.output_dir, "config.yaml")) as tmp:
+                    with open(tmp, "w", encoding="utf-8") as f:
+                        f.write(self.config_text)
         stream = self.micro_batches(self.step * self.accum)
         bar = tqdm(total=t.max_steps, initial=self.step, disable=not dist.is_main(), desc="train")
         history = []

@@ -8,6 +8,7 @@ eval prompts and per-prompt seeds, so rows compare pixel to pixel (PSNR) and as 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -55,7 +56,8 @@ def write_train_data(folder, count, image_size, seed=0):
 
     if count < 1:
         raise ValueError(f"training image count must be >= 1, got {count}")
-    spec = {"count": int(count), "image_size": int(image_size), "seed": int(seed), "split": "train"}
+    spec = {"count": int(count), "image_size": int(image_size), "seed": int(seed), "split": "train",
+            "task": task.fingerprint()}
     marker = os.path.join(folder, DATA_MARKER)
     if os.path.isfile(marker):
         with open(marker) as f:
@@ -114,7 +116,10 @@ def train_student(cfg):
     """Train (or resume, or skip when finished with the same config) one LoRA student; returns its LoRA path."""
     from ..engine.trainer import Trainer, dump_config
 
-    text = dump_config(cfg)
+    # the config names the teacher and the data by path: their fingerprints make a rebuilt toy model or re-rendered
+    # data a different run (never skipped as finished, never resumed from the old run's checkpoints)
+    text = dump_config(cfg) + (f"# inputs: model {folder_fingerprint(cfg.model.pretrained)}, "
+                               f"data {folder_fingerprint(cfg.data.path)}\n")
     out = cfg.train.output_dir
     lora_path = os.path.join(out, FINAL_LORA)
     marker = os.path.join(out, RUN_MARKER)
@@ -146,6 +151,20 @@ def discard_stale_checkpoints(out_dir, config_text):
     for _, folder in list_checkpoints(out_dir):
         print(f"[distill] {folder}: written with another config, removed", flush=True)
         shutil.rmtree(folder)
+
+
+def folder_fingerprint(path):
+    """Digest of the names, sizes and modification times of every file under `path`: it changes whenever anything
+    there is rewritten (a rebuilt toy model, re-rendered data), so results keyed on it are never reused across
+    versions."""
+    digest = hashlib.sha1()
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            file = os.path.join(root, name)
+            st = os.stat(file)
+            digest.update(f"{os.path.relpath(file, path)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- sampling and metrics

@@ -24,8 +24,8 @@ from ..schedulers.flow_match import time_shift
 class TeacherSchedule:
     """Optimisation settings of the toy teacher."""
 
-    steps: int = 3600
-    guidance_steps: int = 500  # the last steps of `steps` are guidance distillation (0 = phase 1 only)
+    steps: int = 4400
+    guidance_steps: int = 600  # the last steps of `steps` are guidance distillation (0 = phase 1 only)
     batch_size: int = 64
     lr: float = 2e-3
     warmup: int = 30
