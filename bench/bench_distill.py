@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 
 import ppflux_lightning  # noqa: E402,F401  (before paddle: sets the MKL switch)
 from ppflux_lightning.toy import quickstart as qs  # noqa: E402
+from ppflux_lightning.toy.features import load_task_features  # noqa: E402
 from ppflux_lightning.toy.metrics import task_scores  # noqa: E402
 from ppflux_lightning.utils.atomic import atomic_file  # noqa: E402
 
@@ -74,23 +75,23 @@ class Bench:
         self.model = qs.ensure_toy_model(args.model)
         image_size, _, _ = qs.toy_settings(self.model)
         self.data = qs.write_train_data(os.path.join(args.out, "train_data"), args.train_images, image_size)
-        self.features = qs.load_features(args.features or qs.default_features_dir(self.model, args.out),
-                                         args.feature_steps, image_size=image_size)
+        self.features = load_task_features(args.features or qs.default_features_dir(self.model, args.out),
+                                           args.feature_steps, image_size=image_size)
         self.prompts, self.seeds = qs.eval_prompt_set(args.eval_prompts)
+        self.sample_key = json.dumps([self.prompts, self.seeds, qs.folder_fingerprint(self.model)])
         self.sampler = qs.Sampler(self.model)
         self.rows, self.grid = {}, []
 
     def cached_samples(self, path, make):
         """Images from `path` (npz) when they were sampled from the same model files for the same prompts and seeds,
         else `make()` and save."""
-        key = json.dumps([self.prompts, self.seeds, qs.folder_fingerprint(self.model)])
         if os.path.isfile(path):
             with np.load(path) as f:
-                if str(f["key"]) == key:
+                if str(f["key"]) == self.sample_key:
                     return f["images"], [float(x) for x in f["seconds"]]
         images, seconds = make()
         with atomic_file(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, images=images, seconds=np.asarray(seconds), key=np.asarray(key))
+            np.savez(f, images=images, seconds=np.asarray(seconds), key=np.asarray(self.sample_key))
         return images, seconds
 
     def teacher_rows(self):

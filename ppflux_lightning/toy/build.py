@@ -243,7 +243,6 @@ def evaluate_toy(path, n_prompts=512, samples_path=None, feature_fn=None, curve_
     `samples_path` gets a grid of the most-step images and `<stem>-steps.png` one row per step count."""
     from ..eval.fid import extract_features, fid_from_features
     from ..eval.image_metrics import psnr
-    from .metrics import task_scores
     from .quickstart import Sampler, save_rows_grid
 
     prompts = task.eval_prompts(n_prompts)

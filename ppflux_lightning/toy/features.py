@@ -140,7 +140,12 @@ def load_feature_spec(spec, train_steps=500, image_size=None):
         return load_feature_fn(spec)
     if not path:
         raise ValueError(f"feature network must be task:FOLDER or inception:FILE, got {spec!r}")
-    if not os.path.isfile(os.path.join(path, TASK_FEATURES_WEIGHTS)):
-        print(f"training the toy feature network into {path}")
-        train_task_features(path, steps=train_steps, **({"image_size": image_size} if image_size else {}))
-    return TaskFeatures(path)
+    return load_task_features(path, train_steps, image_size=image_size)
+
+
+def load_task_features(folder, train_steps=500, image_size=None, seed=0):
+    """The toy FID feature network in `folder`, trained there first when the folder holds none."""
+    if not os.path.isfile(os.path.join(folder, TASK_FEATURES_WEIGHTS)):
+        print(f"training the toy feature network for FID into {folder!r}", flush=True)
+        train_task_features(folder, steps=train_steps, seed=seed, **({"image_size": image_size} if image_size else {}))
+    return TaskFeatures(folder)

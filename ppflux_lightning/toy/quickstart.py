@@ -213,16 +213,6 @@ class Sampler:
             self.pipe.unload_lora_weights()
 
 
-def load_features(folder, train_steps=400, seed=0, image_size=task.IMAGE_SIZE):
-    """The toy FID feature network in `folder`, trained there first when the folder holds none."""
-    from .features import TASK_FEATURES_WEIGHTS, TaskFeatures, train_task_features
-
-    if not os.path.isfile(os.path.join(folder, TASK_FEATURES_WEIGHTS)):
-        print(f"[quickstart] training the toy feature network for FID into {folder!r}", flush=True)
-        train_task_features(folder, image_size=image_size, steps=train_steps, seed=seed)
-    return TaskFeatures(folder)
-
-
 def default_features_dir(model_dir, out_dir):
     """A feature network committed next to the toy model (`<model>/../task_features`), else `<out>/task_features`."""
     from .features import TASK_FEATURES_WEIGHTS
@@ -301,7 +291,10 @@ def run_quickstart(s: QuickstartSettings):
     lora_path = train_student(cfg)
     train_seconds = time.time() - t0
 
-    features = load_features(s.features or default_features_dir(model, s.out), s.feature_steps, s.seed, image_size)
+    from .features import load_task_features
+
+    features = load_task_features(s.features or default_features_dir(model, s.out), s.feature_steps,
+                                  image_size=image_size, seed=s.seed)
     prompts, seeds = eval_prompt_set(s.eval_prompts)
     sampler = Sampler(model)
     teacher50, t50 = sampler.sample(prompts, seeds, 50, "teacher@50")
