@@ -155,10 +155,8 @@ def build_toy(out_dir, settings: BuildSettings | None = None, samples_path=None,
         raw = encode_mean(vae, images)
         shift, scale = latent_factors(raw)
         vae.register_to_config(shift_factor=shift, scaling_factor=scale)
-        latents = pack_latents(paddle.to_tensor((raw - shift) * scale)).numpy()
-        h, w = raw.shape[2], raw.shape[3]
-        report.update(latent_shift_factor=shift, latent_scaling_factor=scale, latent_grid=[h, w],
-                      image_tokens=latents.shape[1], max_sequence_length=max_len)
+        report.update(latent_shift_factor=shift, latent_scaling_factor=scale, latent_grid=list(raw.shape[2:]),
+                      max_sequence_length=max_len)
 
         # --- prompt embeddings through the pipeline's own encoder (identical to inference)
         config = transformer_config(settings, vae.config.latent_channels, settings.text_width)
@@ -166,18 +164,13 @@ def build_toy(out_dir, settings: BuildSettings | None = None, samples_path=None,
         model = FluxTransformer2DModel(config)
         scheduler = FlowMatchEulerScheduler(FlowMatchConfig(shift=3.0))
         pipe = FluxPipeline(model, vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, scheduler)
-        distinct = sorted(set(captions))
-        lookup = {c: i for i, c in enumerate(distinct)}
-        embeds, pooled = _encode(pipe, distinct, max_len)
-        null_embeds = _encode(pipe, [""], max_len)
-        report["min_pooled_distance"] = _min_pairwise_distance(pooled[:256])
+        inputs = teacher_inputs(pipe, raw, captions, max_len)
+        report["image_tokens"] = inputs["latents"].shape[1]
+        report["min_pooled_distance"] = _min_pairwise_distance(inputs["pooled_embeds"][:256])
 
         # --- teacher
         t0 = time.time()
-        img_ids = latent_image_ids(h, w)
-        txt_ids = paddle.zeros([max_len, 3], dtype="float32")
-        teacher, history = train_teacher(model, latents, embeds, pooled, [lookup[c] for c in captions], null_embeds,
-                                         img_ids, txt_ids, scheduler.mu(latents.shape[1]), settings.teacher)
+        teacher, history = train_teacher(model, schedule=settings.teacher, **inputs)
         report["teacher_seconds"] = round(time.time() - t0, 1)
         report["teacher_final_loss"] = round(float(np.mean(history[-50:])), 4)
         if rank != 0:
@@ -214,6 +207,24 @@ def build_toy(out_dir, settings: BuildSettings | None = None, samples_path=None,
     report["build_seconds"] = round(time.time() - started, 1)
     report["folder_bytes"] = folder_bytes(out_dir)
     return report
+
+
+def teacher_inputs(pipe, raw_latents, captions, max_len):
+    """Every input of `train_teacher` but the model and the schedule (a dict of its keyword arguments), from the VAE
+    means `raw_latents` [N, C, h, w] of the training images and their `captions`: latents normalised with the
+    pipeline VAE's `shift_factor` / `scaling_factor` and packed, each distinct caption (and the empty prompt) encoded
+    once through the pipeline's own text encoders at `max_len` T5 tokens, the RoPE ids and FLUX's dynamic shift for
+    the token count. Used by the build and by `bench/bench_teacher_schedule.py`, which retrains a built teacher."""
+    shift, scale = float(pipe.vae.config.shift_factor), float(pipe.vae.config.scaling_factor)
+    latents = pack_latents(paddle.to_tensor((raw_latents - shift) * scale)).numpy()
+    distinct = sorted(set(captions))
+    lookup = {c: i for i, c in enumerate(distinct)}
+    embeds, pooled = _encode(pipe, distinct, max_len)
+    h, w = raw_latents.shape[2], raw_latents.shape[3]
+    return {"latents": latents, "prompt_embeds": embeds, "pooled_embeds": pooled,
+            "caption_index": [lookup[c] for c in captions], "null_embeds": _encode(pipe, [""], max_len),
+            "img_ids": latent_image_ids(h, w), "txt_ids": paddle.zeros([max_len, 3], dtype="float32"),
+            "mu": pipe.scheduler.mu(latents.shape[1])}
 
 
 def load_toy_config(path):
