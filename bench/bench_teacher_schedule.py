@@ -66,25 +66,22 @@ def train_and_score(model_dir, latents_path, batch, lr, samples, out_json):
     import paddle
 
     from ppflux_lightning.models.flux_transformer import FluxTransformer2DModel
-    from ppflux_lightning.pipelines.flux_pipeline import FluxPipeline
-    from ppflux_lightning.toy.build import load_toy_config, teacher_inputs
+    from ppflux_lightning.toy.build import teacher_inputs
     from ppflux_lightning.toy.metrics import task_scores
     from ppflux_lightning.toy.quickstart import Sampler
     from ppflux_lightning.toy.train_teacher import TeacherSchedule, train_teacher
 
     data = np.load(latents_path)
-    pipe = FluxPipeline.from_pretrained(model_dir)
-    inputs = teacher_inputs(pipe, data["raw"], [str(c) for c in data["captions"]],
-                            load_toy_config(model_dir)["max_sequence_length"])
+    sampler = Sampler(model_dir, batch_size=32)  # one pipeline: its encoders feed the training, then it samples
+    inputs = teacher_inputs(sampler.pipe, data["raw"], [str(c) for c in data["captions"]], sampler.max_len)
     steps = max(2, samples // batch)
     schedule = TeacherSchedule(steps=steps, guidance_steps=max(1, round(steps * GUIDANCE_SHARE)), batch_size=batch,
                                lr=lr, warmup=max(1, min(30, steps // 4)))
     paddle.seed(schedule.seed)
-    model = FluxTransformer2DModel(pipe.transformer.config)
+    model = FluxTransformer2DModel(sampler.pipe.transformer.config)
     start = time.perf_counter()
     teacher, history = train_teacher(model, schedule=schedule, desc=run_name(batch, lr), **inputs)
     seconds = time.perf_counter() - start
-    sampler = Sampler(model_dir, batch_size=32)
     sampler.pipe.transformer = teacher
     prompts = one_object_prompts()
     row = {"batch": batch, "lr": lr, "steps": steps, "guidance_steps": schedule.guidance_steps,
@@ -144,8 +141,12 @@ def main(argv=None):
         print(f"error: --samples must cover at least 2 steps of every batch and --parallel be >= 1, got {a.samples} "
               f"/ {a.parallel}", file=sys.stderr)
         return 2
-    if not os.path.isfile(os.path.join(a.model, "toy_world.json")):
-        print(f"error: {a.model!r} is not a toy model folder (no toy_world.json)", file=sys.stderr)
+    from ppflux_lightning.toy.build import load_toy_config
+
+    try:
+        load_toy_config(a.model)
+    except (OSError, ValueError) as e:  # missing, or not JSON
+        print(f"error: {e}", file=sys.stderr)
         return 2
     import numpy as np
 

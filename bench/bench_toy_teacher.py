@@ -29,6 +29,7 @@ import paddle  # noqa: E402
 
 from ppflux_lightning.models.flux_transformer import FluxConfig, FluxTransformer2DModel  # noqa: E402
 from ppflux_lightning.pipelines.flux_pipeline import latent_image_ids  # noqa: E402
+from ppflux_lightning.toy.build import load_toy_config  # noqa: E402
 
 
 def load_model(folder):
@@ -37,8 +38,7 @@ def load_model(folder):
         raise FileNotFoundError(f"no transformer/config.json in {folder!r}")
     with open(path) as f:
         config = {k: v for k, v in json.load(f).items() if not k.startswith("_")}
-    with open(os.path.join(folder, "toy_world.json")) as f:
-        toy = json.load(f)
+    toy = load_toy_config(folder)
     with open(os.path.join(folder, "vae", "config.json")) as f:
         vae_scale = 2 ** (len(json.load(f)["block_out_channels"]) - 1)
     paddle.seed(0)
