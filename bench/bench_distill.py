@@ -33,9 +33,9 @@ ABLATIONS = (  # (row name, configs/toy file)
     ("+adversarial+DMD", "consistency_adv_dmd"),
     ("full FLUX-Lightning (+reflow)", "full"),
 )
-SUMMARY_KEYS = ("validity", "adherence", "adherence_single", "adherence_level0", "adherence_level1",
-                "adherence_level2", "adherence_level3", "coverage_tv", "coverage_tv_color", "coverage_tv_shape",
-                "coverage_tv_position", "fid_to_teacher", "psnr_vs_teacher")
+SUMMARY_KEYS = ("validity", "validity_single", "adherence", "adherence_single", "adherence_level0",
+                "adherence_level1", "adherence_level2", "adherence_level3", "coverage_tv", "coverage_tv_color",
+                "coverage_tv_shape", "coverage_tv_position", "fid_to_teacher", "psnr_vs_teacher")
 FLOOR_SEED_OFFSET = 10_000  # teacher@50 floor: the same prompts with seeds shifted by this
 
 
@@ -195,19 +195,21 @@ def markdown(result, command):
     lines = [
         f"# Distillation ablation on the toy world ({result['steps']} generator steps, seeds {result['seeds']})", "",
         f"Command: `{command}`", "",
-        f"{result['eval_prompts']} evaluation prompts (`toy.task.eval_prompts`), one seed each. Validity, one-object "
-        "adherence and coverage TV (largest over colour, shape and cell; 0 = uniform like the data) are read by the "
-        "task's exact detector (`toy.metrics`). FID-to-teacher and PSNR are against teacher@50 images of the same "
-        "prompts and seeds; the teacher@50 row's FID is teacher@50 with other seeds (FID's sampling noise at this "
-        "sample size; rows sampled from the reference's seeds can go below it). Students are sampled at 4 steps "
+        f"{result['eval_prompts']} evaluation prompts (`toy.task.eval_prompts`), one seed each. Validity (all "
+        "prompts and one-object prompts), one-object adherence and coverage TV (largest over colour, shape and cell; "
+        "0 = uniform like the data) are read by the task's exact detector (`toy.metrics`). FID-to-teacher and PSNR "
+        "are against teacher@50 images of the same prompts and seeds; the teacher@50 row's FID is teacher@50 with "
+        "other seeds (FID's sampling noise at this sample size; rows sampled from the reference's seeds can go below "
+        "it). Students are sampled at 4 steps "
         f"with the LoRA fused. `±` is half the range over training seeds ({len(result['seeds'])} seeds). Finished "
         f"training runs: {result['finished_runs']}. Overrides: {result['overrides'] or 'none'}.", "",
-        "| row | validity % | one-object adherence % | coverage TV | FID-to-teacher | PSNR vs teacher (dB) "
-        "| s / image | speed vs teacher@50 | n |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| row | validity % | one-object validity % | one-object adherence % | coverage TV | FID-to-teacher "
+        "| PSNR vs teacher (dB) | s / image | speed vs teacher@50 | n |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in rows.items():
-        lines.append(f"| {name} | {cell(row, 'validity', 1)} | {cell(row, 'adherence_single', 1)} | "
+        lines.append(f"| {name} | {cell(row, 'validity', 1)} | {cell(row, 'validity_single', 1)} | "
+                     f"{cell(row, 'adherence_single', 1)} | "
                      f"{cell(row, 'coverage_tv', 3)} | {cell(row, 'fid_to_teacher', 2)} | "
                      f"{cell(row, 'psnr_vs_teacher', 2)} | {row['seconds_per_image']:.4f} | "
                      f"{base / row['seconds_per_image']:.1f}x | {len(row['runs'])} |")

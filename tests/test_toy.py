@@ -177,6 +177,24 @@ def test_detector_rejects_blends_and_blurs_and_tolerates_noise():
     assert np.mean([detector.read(im).valid(len(s.objects)) for im, s in zip(noisy, scenes)]) >= 0.95
 
 
+def test_detector_names_why_a_scene_is_not_clean():
+    from ppflux_lightning.toy import detector
+
+    two = task.render(task.Scene((task.Obj("circle", "red", "top left"), task.Obj("bar", "blue", "bottom right"))))
+    assert detector.read(two).failures() == () and detector.read(two).failures(2) == ()
+    assert detector.read(two).failures(1) == ("count",)
+    red, green = (task.render(task.Scene((task.Obj("circle", c, "top left"),))) for c in ("red", "green"))
+    reading = detector.read(np.round((red.astype(float) + green) / 2).astype(np.uint8))  # a red-green blend
+    assert reading.failures() == ("count",) and not reading.objects  # no palette colour left
+    circle = task.render(task.Scene((task.Obj("circle", "red", "top left"),)))
+    shifted = np.roll(circle, 6, axis=1)
+    union = np.where((circle != task.CANONICAL_BACKGROUND).any(-1, keepdims=True), circle, shifted)  # a wide oval
+    assert "shape" in detector.read(union).failures(1)
+    for image in (two, union):
+        reading = detector.read(image)
+        assert reading.valid() == (reading.failures() == ())
+
+
 def test_adherence_checks_only_the_named_attributes():
     from ppflux_lightning.toy import detector
 
@@ -208,6 +226,7 @@ def test_task_scores_by_hand():
     assert scores["adherence"] == 80.0 and scores["adherence_single"] == pytest.approx(100 * 8 / 9)
     assert scores["adherence_level0"] == 100.0 and scores["adherence_level3"] == 0.0
     assert scores["adherence_level1"] is None
+    assert scores["validity_level0"] == 100.0 and scores["validity_level3"] == 100.0  # wrong colour, clean scene
     assert scores["coverage_tv_shape"] == pytest.approx(1 / 3)
     assert scores["coverage_tv_color"] == pytest.approx(0.75) and scores["coverage_tv_position"] == 0.75
     assert scores["coverage_tv"] == pytest.approx(0.75) and scores["coverage_n_shape"] == 8

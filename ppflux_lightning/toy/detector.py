@@ -51,8 +51,19 @@ class Detection:
     @property
     def clean(self) -> bool:
         """One palette colour, a recognisable shape and a plausible size."""
-        return (self.purity >= MIN_COLOR_PURITY and self.shape_iou >= MIN_SHAPE_IOU
-                and self.shape_margin >= MIN_SHAPE_MARGIN and _size_ok(self.pixels))
+        return not self.failures()
+
+    def failures(self) -> tuple:
+        """Why the object is not clean: any of "colour" (mixed), "shape" (no template fits, or two fit alike),
+        "size"; empty when it is clean."""
+        out = []
+        if self.purity < MIN_COLOR_PURITY:
+            out.append("colour")
+        if self.shape_iou < MIN_SHAPE_IOU or self.shape_margin < MIN_SHAPE_MARGIN:
+            out.append("shape")
+        if not _size_ok(self.pixels):
+            out.append("size")
+        return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -71,12 +82,20 @@ class Reading:
 
     def valid(self, count: int | None = None) -> bool:
         """A clean scene: 1-2 (or `count`) clean objects in distinct cells and no ghost pixels."""
+        return not self.failures(count)
+
+    def failures(self, count: int | None = None) -> tuple:
+        """Why the image is not a clean scene: "count" (not 1-2 objects, or not `count`) alone, else any of "cell"
+        (two objects in one cell), the objects' `Detection.failures` and "ghost"; empty for a clean scene."""
         n = len(self.objects)
         if not (n == count if count is not None else 1 <= n <= 2):
-            return False
-        if len({d.position for d in self.objects}) != n:
-            return False
-        return all(d.clean for d in self.objects) and self.ghost_pixels() == 0
+            return ("count",)
+        out = ["cell"] if len({d.position for d in self.objects}) != n else []
+        for d in self.objects:
+            out += [f for f in d.failures() if f not in out]
+        if self.ghost_pixels() > 0:
+            out.append("ghost")
+        return tuple(out)
 
 
 def _as_float_image(image):

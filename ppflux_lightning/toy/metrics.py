@@ -3,6 +3,7 @@
 - validity: the share of images that are clean scenes with the prompt's object count (precision-like);
 - adherence: the share whose detected objects show every attribute the prompt names, over all prompts, over the
   one-object prompts and per level of specification of those (0 = "a shape" ... 3 = every attribute named);
+  validity is reported per level too;
 - coverage: for each attribute, over valid one-object images whose prompt leaves it open, the total-variation
   distance between the detected values and the uniform distribution the data draws them from (recall-like: a
   sampler that drops modes moves it up; None without such images). Its sampling floor with n images is about
@@ -44,6 +45,7 @@ def task_scores(images, prompts) -> dict:
     levels = np.array([s[0].level if len(s) == 1 else -1 for s in specs])
     for level in range(4):
         out[f"adherence_level{level}"] = _percent(hits[levels == level])
+        out[f"validity_level{level}"] = _percent(valid[levels == level])
     tvs = []
     for attribute, support in ATTRIBUTE_VALUES.items():
         seen = [getattr(r.objects[0], attribute) for r, s, ok in zip(readings, specs, valid)
