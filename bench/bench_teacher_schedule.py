@@ -4,12 +4,15 @@ same number of training samples, and score each at 50 and 4 Euler steps on the b
 
     python bench/bench_teacher_schedule.py [--model assets/toy/flux-toy] [--samples 96000]
         [--runs 64:2e-3,32:2e-3,16:2e-3,32:4e-3,32:8e-3,64:8e-3] [--parallel 2] [--out docs/teacher_schedule]
+    python bench/bench_teacher_schedule.py --runs 32:4e-3:pipeline,32:4e-3:1.15     # the training sigmas' shift
 
-Each run is `batch:lr`: samples / batch steps, the last 2/15 of them guidance distillation (the build's share), every
-other setting the build's (`toy.train_teacher.TeacherSchedule`), seed 0. Each run trains in its own one-process job
-(`--parallel` jobs at a time, one per core), so runs started together share the machine's state; the table gives
-each run's training seconds next to its scores. Writes `<out>.md`, `<out>.json` and `<out>.png` (teacher@50 samples
-of the first prompts, a row per run). Roughly 13 minutes per pair of runs at the default 96000 samples on 2 cores.
+Each run is `batch:lr` or `batch:lr:mu`: samples / batch steps, the last 2/15 of them guidance distillation (the
+build's share), the training sigmas shifted with `mu` (`pipeline`: the pipeline's dynamic shift for the token count;
+default: `TeacherSchedule.sigma_mu`), every other setting the build's (`toy.train_teacher.TeacherSchedule`), seed 0.
+Each run trains in its own one-process job (`--parallel` jobs at a time, one per core), so runs started together
+share the machine's state; the table gives each run's training seconds next to its scores. Writes `<out>.md`,
+`<out>.json` and `<out>.png` (teacher@50 samples of the first prompts, a row per run). Roughly 13 minutes per pair
+of runs at the default 96000 samples on 2 cores.
 """
 
 import argparse
@@ -30,18 +33,23 @@ SCORE_STEPS = (50, 4)
 
 
 def parse_runs(text):
-    """'64:2e-3,32:4e-3' -> [(64, 0.002), (32, 0.004)]."""
+    """'64:2e-3,32:4e-3:pipeline' -> [(64, 0.002, DEFAULT), (32, 0.004, None)] (batch, lr, training shift mu)."""
+    from ppflux_lightning.toy.train_teacher import TeacherSchedule
+
     runs = []
     for item in text.split(","):
-        batch, lr = item.split(":")
-        runs.append((int(batch), float(lr)))
+        parts = item.split(":")
+        if len(parts) not in (2, 3):
+            raise ValueError(item)
+        mu = TeacherSchedule.sigma_mu if len(parts) == 2 else None if parts[2] == "pipeline" else float(parts[2])
+        runs.append((int(parts[0]), float(parts[1]), mu))
         if runs[-1][0] < 1 or runs[-1][1] <= 0:
             raise ValueError(item)
     return runs
 
 
-def run_name(batch, lr):
-    return f"batch {batch}, lr {lr:g}"
+def run_name(batch, lr, mu):
+    return f"batch {batch}, lr {lr:g}, mu {'pipeline' if mu is None else f'{mu:g}'}"
 
 
 def encode_training_latents(model_dir, path):
@@ -60,7 +68,7 @@ def encode_training_latents(model_dir, path):
     np.savez(path, raw=raw, captions=np.array(captions))
 
 
-def train_and_score(model_dir, latents_path, batch, lr, samples, out_json):
+def train_and_score(model_dir, latents_path, batch, lr, mu, samples, out_json):
     """One run (in a job of its own): retrain the teacher, then score it at every SCORE_STEPS."""
     import numpy as np
     import paddle
@@ -76,15 +84,15 @@ def train_and_score(model_dir, latents_path, batch, lr, samples, out_json):
     inputs = teacher_inputs(sampler.pipe, data["raw"], [str(c) for c in data["captions"]], sampler.max_len)
     steps = max(2, samples // batch)
     schedule = TeacherSchedule(steps=steps, guidance_steps=max(1, round(steps * GUIDANCE_SHARE)), batch_size=batch,
-                               lr=lr, warmup=max(1, min(30, steps // 4)))
+                               lr=lr, warmup=max(1, min(30, steps // 4)), sigma_mu=mu)
     paddle.seed(schedule.seed)
     model = FluxTransformer2DModel(sampler.pipe.transformer.config)
     start = time.perf_counter()
-    teacher, history = train_teacher(model, schedule=schedule, desc=run_name(batch, lr), **inputs)
+    teacher, history = train_teacher(model, schedule=schedule, desc=run_name(batch, lr, mu), **inputs)
     seconds = time.perf_counter() - start
     sampler.pipe.transformer = teacher
     prompts = one_object_prompts()
-    row = {"batch": batch, "lr": lr, "steps": steps, "guidance_steps": schedule.guidance_steps,
+    row = {"batch": batch, "lr": lr, "mu": mu, "steps": steps, "guidance_steps": schedule.guidance_steps,
            "train_seconds": round(seconds, 1), "final_loss": float(np.mean(history[-50:])), "prompts": len(prompts)}
     for n in SCORE_STEPS:
         images = sampler.sample(prompts, list(range(len(prompts))), n, f"teacher@{n}")[0]
@@ -108,14 +116,15 @@ def markdown(rows, samples, model_dir):
     lines = [f"Teacher schedules on `{model_dir}`, {samples} training samples each "
              f"(`python bench/bench_teacher_schedule.py`), scored on the {rows[0]['prompts']} one-object prompts of "
              "`task.eval_prompts(384)`, seed i for prompt i, guidance 3.5.", "",
-             "| batch | lr | steps | train s | validity@50 % | validity@4 % | adherence@50 % | "
-             "coverage TV@50 (colour / shape / cell) |", "|---|---|---|---|---|---|---|---|"]
+             "| batch | lr | training mu | steps | train s | validity@50 % | validity@4 % | adherence@50 % | "
+             "coverage TV@50 (colour / shape / cell) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         a, b = r["teacher@50"], r["teacher@4"]
         tv = " / ".join("—" if a[f"coverage_tv_{k}"] is None else f"{a[f'coverage_tv_{k}']:.3f}"
                         for k in ("color", "shape", "position"))  # None: no valid image left the attribute open
-        lines.append(f"| {r['batch']} | {r['lr']:g} | {r['steps']} | {r['train_seconds']:.0f} | {a['validity']:.1f} | "
-                     f"{b['validity']:.1f} | {a['adherence_single']:.1f} | {tv} |")
+        mu = "pipeline" if r["mu"] is None else f"{r['mu']:g}"
+        lines.append(f"| {r['batch']} | {r['lr']:g} | {mu} | {r['steps']} | {r['train_seconds']:.0f} | "
+                     f"{a['validity']:.1f} | {b['validity']:.1f} | {a['adherence_single']:.1f} | {tv} |")
     return "\n".join(lines) + "\n"
 
 
@@ -123,21 +132,24 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=os.path.join(ROOT, "assets", "toy", "flux-toy"))
     p.add_argument("--samples", type=int, default=96000, help="training samples of every run")
-    p.add_argument("--runs", default="64:2e-3,32:2e-3,16:2e-3,32:4e-3,32:8e-3,64:8e-3", help="batch:lr,...")
+    p.add_argument("--runs", default="64:2e-3,32:2e-3,16:2e-3,32:4e-3,32:8e-3,64:8e-3",
+                   help="batch:lr[:mu],... (mu: a number or 'pipeline')")
     p.add_argument("--parallel", type=int, default=2, help="runs trained at once (one core each)")
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "teacher_schedule"))
-    p.add_argument("--one", nargs=4, metavar=("LATENTS", "BATCH", "LR", "JSON"), help=argparse.SUPPRESS)
+    p.add_argument("--one", nargs=5, metavar=("LATENTS", "BATCH", "LR", "MU", "JSON"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.one:
-        latents, batch, lr, out_json = a.one
-        train_and_score(a.model, latents, int(batch), float(lr), a.samples, out_json)
+        latents, batch, lr, mu, out_json = a.one
+        mu = None if mu == "pipeline" else float(mu)
+        train_and_score(a.model, latents, int(batch), float(lr), mu, a.samples, out_json)
         return 0
     try:
         runs = parse_runs(a.runs)
     except ValueError:
-        print(f"error: --runs must be batch:lr pairs (positive), got {a.runs!r}", file=sys.stderr)
+        print(f"error: --runs must be batch:lr or batch:lr:mu (positive; mu a number or 'pipeline'), got "
+              f"{a.runs!r}", file=sys.stderr)
         return 2
-    if a.samples < 2 * max(b for b, _ in runs) or a.parallel < 1:
+    if a.samples < 2 * max(r[0] for r in runs) or a.parallel < 1:
         print(f"error: --samples must cover at least 2 steps of every batch and --parallel be >= 1, got {a.samples} "
               f"/ {a.parallel}", file=sys.stderr)
         return 2
@@ -156,20 +168,21 @@ def main(argv=None):
         latents = os.path.join(work, "latents.npz")
         encode_training_latents(a.model, latents)
         env = dict(os.environ, OMP_NUM_THREADS="1")
-        jobs = [(b, lr, os.path.join(work, f"run{i}.json")) for i, (b, lr) in enumerate(runs)]
+        jobs = [(b, lr, mu, os.path.join(work, f"run{i}.json")) for i, (b, lr, mu) in enumerate(runs)]
         for start in range(0, len(jobs), a.parallel):
             procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--model", a.model, "--samples",
-                                       str(a.samples), "--one", latents, str(b), repr(lr), path], env=env)
-                     for b, lr, path in jobs[start:start + a.parallel]]
+                                       str(a.samples), "--one", latents, str(b), repr(lr),
+                                       "pipeline" if mu is None else repr(mu), path], env=env)
+                     for b, lr, mu, path in jobs[start:start + a.parallel]]
             if any(proc.wait() for proc in procs):
                 print("error: a run failed (its traceback is above)", file=sys.stderr)
                 return 1
         rows = []
-        for _, _, path in jobs:
+        for *_, path in jobs:
             with open(path) as f:
                 rows.append(json.load(f))
-        grid = [(run_name(r["batch"], r["lr"]), np.load(path[:-5] + "-samples.npy")) for r, (_, _, path) in
-                zip(rows, jobs)]
+        grid = [(run_name(r["batch"], r["lr"], r["mu"]), np.load(path[:-5] + "-samples.npy"))
+                for r, (*_, path) in zip(rows, jobs)]
     text = markdown(rows, a.samples, os.path.relpath(a.model, ROOT))
     print(text)
     from ppflux_lightning.utils.atomic import atomic_file
