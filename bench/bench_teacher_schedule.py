@@ -41,15 +41,24 @@ def parse_runs(text):
         parts = item.split(":")
         if len(parts) not in (2, 3):
             raise ValueError(item)
-        mu = TeacherSchedule.sigma_mu if len(parts) == 2 else None if parts[2] == "pipeline" else float(parts[2])
+        mu = TeacherSchedule.sigma_mu if len(parts) == 2 else parse_mu(parts[2])
         runs.append((int(parts[0]), float(parts[1]), mu))
         if runs[-1][0] < 1 or runs[-1][1] <= 0:
             raise ValueError(item)
     return runs
 
 
+def parse_mu(text):
+    """'pipeline' -> None (the pipeline's dynamic shift), else the number; inverse of `mu_text`."""
+    return None if text == "pipeline" else float(text)
+
+
+def mu_text(mu, exact=False):
+    return "pipeline" if mu is None else repr(mu) if exact else f"{mu:g}"
+
+
 def run_name(batch, lr, mu):
-    return f"batch {batch}, lr {lr:g}, mu {'pipeline' if mu is None else f'{mu:g}'}"
+    return f"batch {batch}, lr {lr:g}, mu {mu_text(mu)}"
 
 
 def encode_training_latents(model_dir, path):
@@ -122,8 +131,7 @@ def markdown(rows, samples, model_dir):
         a, b = r["teacher@50"], r["teacher@4"]
         tv = " / ".join("—" if a[f"coverage_tv_{k}"] is None else f"{a[f'coverage_tv_{k}']:.3f}"
                         for k in ("color", "shape", "position"))  # None: no valid image left the attribute open
-        mu = "pipeline" if r["mu"] is None else f"{r['mu']:g}"
-        lines.append(f"| {r['batch']} | {r['lr']:g} | {mu} | {r['steps']} | {r['train_seconds']:.0f} | "
+        lines.append(f"| {r['batch']} | {r['lr']:g} | {mu_text(r['mu'])} | {r['steps']} | {r['train_seconds']:.0f} | "
                      f"{a['validity']:.1f} | {b['validity']:.1f} | {a['adherence_single']:.1f} | {tv} |")
     return "\n".join(lines) + "\n"
 
@@ -140,8 +148,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.one:
         latents, batch, lr, mu, out_json = a.one
-        mu = None if mu == "pipeline" else float(mu)
-        train_and_score(a.model, latents, int(batch), float(lr), mu, a.samples, out_json)
+        train_and_score(a.model, latents, int(batch), float(lr), parse_mu(mu), a.samples, out_json)
         return 0
     try:
         runs = parse_runs(a.runs)
@@ -171,8 +178,8 @@ def main(argv=None):
         jobs = [(b, lr, mu, os.path.join(work, f"run{i}.json")) for i, (b, lr, mu) in enumerate(runs)]
         for start in range(0, len(jobs), a.parallel):
             procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--model", a.model, "--samples",
-                                       str(a.samples), "--one", latents, str(b), repr(lr),
-                                       "pipeline" if mu is None else repr(mu), path], env=env)
+                                       str(a.samples), "--one", latents, str(b), repr(lr), mu_text(mu, exact=True),
+                                       path], env=env)
                      for b, lr, mu, path in jobs[start:start + a.parallel]]
             if any(proc.wait() for proc in procs):
                 print("error: a run failed (its traceback is above)", file=sys.stderr)

@@ -48,22 +48,16 @@ def with_fixed_mu(scheduler, mu):
 def score(images, prompts):
     """task_scores plus the open attributes' drawn values (valid images) and the invalid images' failure reasons."""
     from ppflux_lightning.toy import detector, task
-    from ppflux_lightning.toy.metrics import ATTRIBUTE_VALUES, task_scores
+    from ppflux_lightning.toy.metrics import ATTRIBUTE_VALUES, open_values, task_scores
 
-    row = task_scores(images, prompts)
-    drawn = {a: collections.Counter() for a in ATTRIBUTE_VALUES}
-    reasons = collections.Counter()
-    for image, prompt in zip(images, prompts):
-        (spec,) = task.parse_caption(prompt)
-        reading = detector.read(image)
-        failures = reading.failures(1)
-        reasons.update(failures)
-        if not failures:
-            for attribute in spec.open_attributes():
-                drawn[attribute][getattr(reading.objects[0], attribute)] += 1
-    row["drawn"] = {a: {v: drawn[a][v] for v in values} for a, values in ATTRIBUTE_VALUES.items()}
+    readings = [detector.read(image) for image in images]
+    row = task_scores(images, prompts, readings)
+    failures = [r.failures(1) for r in readings]  # every prompt here asks for one object
+    drawn = open_values(readings, [task.parse_caption(p) for p in prompts], [not f for f in failures])
+    row["drawn"] = {a: {v: drawn[a].count(v) for v in values} for a, values in ATTRIBUTE_VALUES.items()}
+    reasons = collections.Counter(reason for f in failures for reason in f)
     row["failures"] = {r: reasons[r] for r in REASONS}
-    row["invalid"] = int(round(len(prompts) * (100 - row["validity"]) / 100))
+    row["invalid"] = sum(1 for f in failures if f)
     return row
 
 

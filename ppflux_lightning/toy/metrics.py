@@ -29,14 +29,23 @@ def total_variation(values, support) -> float:
     return float(0.5 * np.abs(counts / counts.sum() - 1.0 / len(support)).sum())
 
 
-def task_scores(images, prompts) -> dict:
-    """Validity, adherence and coverage (percent / TV) of images sampled for `prompts` (one image per prompt)."""
+def open_values(readings, specs, valid) -> dict:
+    """attribute -> the detected values of the valid one-object images whose spec leaves it open (what coverage
+    measures), from `detector.Reading`s, the prompts' parsed specs and their validity flags."""
+    return {attribute: [getattr(r.objects[0], attribute) for r, s, ok in zip(readings, specs, valid)
+                        if ok and len(s) == 1 and getattr(s[0], attribute) is None]
+            for attribute in ATTRIBUTE_VALUES}
+
+
+def task_scores(images, prompts, readings=None) -> dict:
+    """Validity, adherence and coverage (percent / TV) of images sampled for `prompts` (one image per prompt);
+    `readings` (their `detector.read`, if the caller has them) saves reading the images again."""
     if len(images) != len(prompts):
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
     if len(prompts) == 0:
         raise ValueError("no images to score")
     specs = [task.parse_caption(p) for p in prompts]
-    readings = [detector.read(image) for image in images]
+    readings = [detector.read(image) for image in images] if readings is None else readings
     valid = np.array([r.valid(len(s)) for r, s in zip(readings, specs)])
     hits = np.array([detector.adheres(None, p, r) for p, r in zip(prompts, readings)])
     single = np.array([len(s) == 1 for s in specs])
@@ -47,9 +56,9 @@ def task_scores(images, prompts) -> dict:
         out[f"adherence_level{level}"] = _percent(hits[levels == level])
         out[f"validity_level{level}"] = _percent(valid[levels == level])
     tvs = []
+    drawn = open_values(readings, specs, valid)
     for attribute, support in ATTRIBUTE_VALUES.items():
-        seen = [getattr(r.objects[0], attribute) for r, s, ok in zip(readings, specs, valid)
-                if ok and len(s) == 1 and getattr(s[0], attribute) is None]
+        seen = drawn[attribute]
         out[f"coverage_tv_{attribute}"] = total_variation(seen, support)
         out[f"coverage_n_{attribute}"] = len(seen)
         tvs.append(out[f"coverage_tv_{attribute}"])
