@@ -3,11 +3,13 @@ adherence, coverage with the drawn distribution of every open attribute, and why
 combination of step count, guidance scale and time shift, on the build report's one-object prompts.
 
     python bench/bench_toy_sampler.py [--model assets/toy/flux-toy] [--steps 4,50] [--guidance 3.5]
-        [--mu pipeline] [--prompts 384] [--out outputs/bench_toy_sampler]
+        [--mu pipeline] [--prompts 384 | --per-level 96] [--out outputs/bench_toy_sampler]
 
 `--mu` takes `pipeline` (the scheduler's dynamic shift for the token count: 0.46 for the toy's 36 tokens) or numbers
 (a fixed shift: FLUX.1 uses 1.15 at 1024 px). Prompt i of `task.eval_prompts(--prompts)` starts from seed i, as in
-the build report, whose teacher@N rows this repeats; only its one-object prompts are sampled. Failure reasons are
+the build report, whose teacher@N rows this repeats; only its one-object prompts are sampled. `--per-level N` samples
+`task.level_balanced_prompts(N)` instead (N prompts at each level of specification, seeds 0..4N-1), which measures
+level 0 ("a shape", 5 of the 288) and level 3 as well as levels 1-2. Failure reasons are
 `toy.detector.Reading.failures`: count (not one object), shape, colour, size, ghost (stray or ambiguous pixels).
 Writes `<out>/results.md`, `results.json` and `grid.png` (the first 10 images of every setting, one row each).
 """
@@ -67,22 +69,26 @@ def label(setting):
 
 
 def markdown(result):
-    lines = [f"Toy sampler settings on `{result['model']}` (`{result['command']}`): the {result['prompts']} one-object "
-             f"prompts of `task.eval_prompts({result['eval_prompts']})`, seed i for prompt i. Validity and adherence "
-             "in %; coverage TV over the valid images whose prompt leaves the attribute open (drawn counts in "
-             "`results.json`); failures count the invalid images by reason (an image can have several).", "",
-             "| setting | validity (level 0 / 1 / 2 / 3) | adherence | coverage TV (colour / shape / cell) | "
-             "invalid: " + " / ".join(REASONS) + " |", "|---|---|---|---|---|"]
+    source = (f"`task.level_balanced_prompts({result['per_level']})`, seeds 0-{result['prompts'] - 1}"
+              if result.get("per_level") else
+              f"one-object prompts of `task.eval_prompts({result['eval_prompts']})`, seed i for prompt i")
+    lines = [f"Toy sampler settings on `{result['model']}` (`{result['command']}`): {result['prompts']} {source}. "
+             "Validity and adherence in %; coverage TV over the valid images whose prompt leaves the attribute open "
+             "(drawn counts in `results.json`); failures count the invalid images by reason (an image can have "
+             "several).", "",
+             "| setting | validity (level 0 / 1 / 2 / 3) | adherence (level 0 / 1 / 2 / 3) | "
+             "coverage TV (colour / shape / cell) | invalid: " + " / ".join(REASONS) + " |", "|---|---|---|---|---|"]
 
     def num(v, fmt):
         return "—" if v is None else format(v, fmt)
 
     for row in result["rows"]:
         levels = " / ".join(num(row[f"validity_level{k}"], ".0f") for k in range(4))
+        adherence = " / ".join(num(row[f"adherence_level{k}"], ".0f") for k in range(4))
         tv = " / ".join(num(row[f"coverage_tv_{a}"], ".3f") for a in ("color", "shape", "position"))
         fails = " / ".join(str(row["failures"][r]) for r in REASONS)
-        lines.append(f"| {row['setting']} | {row['validity']:.1f} ({levels}) | {row['adherence']:.1f} | {tv} | "
-                     f"{row['invalid']}: {fails} |")
+        lines.append(f"| {row['setting']} | {row['validity']:.1f} ({levels}) | {row['adherence']:.1f} ({adherence}) "
+                     f"| {tv} | {row['invalid']}: {fails} |")
     lines += ["", "Drawn values of the open attributes (valid images):", ""]
     for row in result["rows"]:
         drawn = "; ".join(f"{a}: " + ", ".join(f"{v} {n}" for v, n in counts.items())
@@ -98,14 +104,17 @@ def main(argv=None):
     p.add_argument("--guidance", default="3.5", help="guidance scales, comma-separated")
     p.add_argument("--mu", default="pipeline", help="time shifts: 'pipeline' or numbers, comma-separated")
     p.add_argument("--prompts", type=int, default=384, help="size of the task.eval_prompts set (one-object subset)")
+    p.add_argument("--per-level", type=int, default=None,
+                   help="sample task.level_balanced_prompts(N) instead: N one-object prompts per level")
     p.add_argument("--out", default=os.path.join(ROOT, "outputs", "bench_toy_sampler"))
     a = p.parse_args(argv)
     try:
         steps = parse_list(a.steps, int, "steps")
         guidance = parse_list(a.guidance, float, "guidance")
         mus = parse_list(a.mu, "mu", "mu")
-        if min(steps) < 1 or a.prompts < 1:
-            raise ValueError(f"--steps and --prompts must be >= 1, got {a.steps!r} / {a.prompts}")
+        if min(steps) < 1 or a.prompts < 1 or (a.per_level is not None and a.per_level < 1):
+            raise ValueError(f"--steps, --prompts and --per-level must be >= 1, got {a.steps!r} / {a.prompts} / "
+                             f"{a.per_level}")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -120,9 +129,13 @@ def main(argv=None):
     from ppflux_lightning.toy.quickstart import Sampler, save_rows_grid
     from ppflux_lightning.utils.atomic import atomic_file
 
-    everything = task.eval_prompts(a.prompts)
-    picked = [i for i, prompt in enumerate(everything) if len(task.parse_caption(prompt)) == 1]
-    prompts, seeds = [everything[i] for i in picked], picked
+    if a.per_level is not None:
+        prompts = task.level_balanced_prompts(a.per_level)
+        seeds = list(range(len(prompts)))
+    else:
+        everything = task.eval_prompts(a.prompts)
+        seeds = [i for i, prompt in enumerate(everything) if len(task.parse_caption(prompt)) == 1]
+        prompts = [everything[i] for i in seeds]
     sampler = Sampler(a.model, batch_size=48)
     scheduler = sampler.pipe.scheduler
     rows, grid = [], []
@@ -137,7 +150,7 @@ def main(argv=None):
                 grid.append((name, images[:10]))
                 print(f"{name}: one-object validity {rows[-1]['validity']:.1f} %", flush=True)
     result = {"model": os.path.relpath(a.model, ROOT), "command": "python " + " ".join(sys.argv),
-              "eval_prompts": a.prompts, "prompts": len(prompts), "rows": rows}
+              "eval_prompts": a.prompts, "per_level": a.per_level, "prompts": len(prompts), "rows": rows}
     os.makedirs(a.out, exist_ok=True)
     for name, content in (("results.md", markdown(result)), ("results.json", json.dumps(result, indent=1))):
         with atomic_file(os.path.join(a.out, name)) as tmp, open(tmp, "w") as f:

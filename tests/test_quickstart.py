@@ -156,3 +156,25 @@ def test_stale_checkpoints_of_another_config_are_discarded(tmp_path):
     assert (out / "checkpoint-4").is_dir()
     qs.discard_stale_checkpoints(str(out), "train: {lr: 0.0001}\n")
     assert not (out / "checkpoint-4").exists()
+
+
+def test_toy_sampler_bench_smoke_and_bad_input(tiny_toy, tmp_path, capsys):
+    from script_loader import load_script
+
+    bench = load_script("bench/bench_toy_sampler.py")
+    out = str(tmp_path / "sampler")
+    assert bench.main(["--model", tiny_toy, "--steps", "1,2", "--per-level", "1", "--mu", "pipeline,1.15",
+                       "--out", out]) == 0
+    result = json.loads(read(os.path.join(out, "results.json")))
+    assert result["per_level"] == 1 and result["prompts"] == 4
+    assert [r["setting"] for r in result["rows"]] == ["1 steps, g 3.5, mu pipeline", "2 steps, g 3.5, mu pipeline",
+                                                      "1 steps, g 3.5, mu 1.15", "2 steps, g 3.5, mu 1.15"]
+    for row in result["rows"]:  # every image is valid or counted invalid, with at least one reason
+        assert 0 <= row["invalid"] <= 4 and (row["invalid"] == 0) == (sum(row["failures"].values()) == 0)
+        assert row["validity"] == pytest.approx(100 * (4 - row["invalid"]) / 4)
+    report = read(os.path.join(out, "results.md"))
+    assert "`task.level_balanced_prompts(1)`, seeds 0-3" in report and os.path.isfile(os.path.join(out, "grid.png"))
+    capsys.readouterr()
+    assert bench.main(["--model", tiny_toy, "--per-level", "0", "--out", out]) == 2
+    assert capsys.readouterr().err.strip() == ("error: --steps, --prompts and --per-level must be >= 1, got '4,50' / "
+                                               "384 / 0")

@@ -124,6 +124,19 @@ def test_split_holds_out_fixed_triples_named_in_full():
     assert 0.2 <= np.mean([len(s) == 2 for s in specs]) <= 0.3
 
 
+def test_level_balanced_prompts_weigh_every_level_alike():
+    prompts = task.level_balanced_prompts(30)
+    assert prompts == task.level_balanced_prompts(30) and len(prompts) == 120
+    specs = [task.parse_caption(p) for p in prompts]
+    assert all(len(s) == 1 for s in specs)
+    assert [s[0].level for s in specs] == [0] * 30 + [1] * 30 + [2] * 30 + [3] * 30
+    assert set(prompts[:30]) == {"a shape"}
+    assert all(task.is_held_out(s[0]) for s in specs[90:])  # fully named: the held-out triples, all 8 of them
+    assert len(set(prompts[90:])) == 8 and len(set(prompts[30:60])) == 11  # 4 colours + 3 shapes + 4 cells
+    with pytest.raises(ValueError, match="per_level"):
+        task.level_balanced_prompts(0)
+
+
 def test_sample_dataset_is_reproducible_and_respects_the_split():
     images, captions = task.sample_dataset(12, 32, seed=5)
     again, captions2 = task.sample_dataset(12, 32, seed=5)

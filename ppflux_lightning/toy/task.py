@@ -282,6 +282,22 @@ def one_object_eval_prompts() -> list:
     return [caption((s,)) for s in all_specs() if s.level < 3 or names_held_out(s)]
 
 
+def level_balanced_prompts(per_level: int) -> list:
+    """`per_level` one-object evaluation prompts at each level of specification 0-3 (level 0 first), each level
+    cycling through its prompts of `one_object_eval_prompts()` in a fixed shuffled order: level 0 is "a shape"
+    repeated, level 3 the held-out triples. `eval_prompts` draws the levels as they come (5 / 51 / 194 / 38 of 288
+    at 384), too few at level 0 to measure it; this set weighs them alike."""
+    if per_level < 1:
+        raise ValueError(f"per_level must be >= 1, got {per_level}")
+    rng = np.random.default_rng(EVAL_SEED + 2)
+    prompts = []
+    for level in range(len(ATTRIBUTES) + 1):
+        pool = [p for p in one_object_eval_prompts() if parse_caption(p)[0].level == level]
+        order = [pool[i] for i in rng.permutation(len(pool))]
+        prompts += list(itertools.islice(itertools.cycle(order), per_level))
+    return prompts
+
+
 TRAIN_SPECIFY_PROB = 0.6  # each attribute of a training caption is named with this probability
 SINGLE_FRACTION = 0.6  # share of one-object training scenes
 
