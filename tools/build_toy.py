@@ -19,10 +19,9 @@ sys.path.insert(0, ROOT)
 
 from ppflux_lightning import cli  # noqa: E402  (before paddle: sets the MKL switch)
 from ppflux_lightning.utils.atomic import atomic_file, check_output_dir  # noqa: E402
+from ppflux_lightning.utils.files import TOY_CONFIG_NAME  # noqa: E402
 
 DEFAULT_FEATURES = os.path.join(ROOT, "assets", "toy", "task_features")  # the committed one, from any directory
-
-TOY_CONFIG_NAME = "toy_world.json"  # ppflux_lightning.toy.build.TOY_CONFIG_NAME: marks a toy model folder
 
 
 def _main(argv):

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from ..utils.atomic import atomic_file
 from ..utils.errors import InputFileError
+from ..utils.files import TOY_CONFIG_NAME
 from .fid import extract_features, fid_from_features
 from .image_io import to_uint8, write_prompts
 from .image_metrics import psnr, ssim
@@ -128,9 +129,9 @@ def load_feature_fn(spec):
 
 
 def sampling_defaults(model_dir):
-    """Image size, guidance and text length to sample a model folder with: its toy_world.json when it is a toy
+    """Image size, guidance and text length to sample a model folder with: its TOY_CONFIG_NAME when it is a toy
     model, else FLUX.1-dev's 1024 px, guidance 3.5, 512 T5 tokens."""
-    path = os.path.join(model_dir, "toy_world.json")
+    path = os.path.join(model_dir, TOY_CONFIG_NAME)
     if os.path.isfile(path):
         with open(path) as f:
             toy = json.load(f)

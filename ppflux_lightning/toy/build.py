@@ -20,12 +20,12 @@ from ..models.vae import save_vae
 from ..pipelines.flux_pipeline import MODEL_INDEX, FluxPipeline, latent_image_ids, pack_latents
 from ..schedulers.flow_match import FlowMatchConfig, FlowMatchEulerScheduler
 from ..utils.atomic import atomic_dir, atomic_file
+from ..utils.files import TOY_CONFIG_NAME
 from . import task
 from .metrics import task_scores
 from .train_teacher import TeacherSchedule, train_teacher
 from .train_vae import build_vae, encode_mean, latent_factors, reconstruct, reconstruction_psnr, train_vae
 
-TOY_CONFIG_NAME = "toy_world.json"  # sampling settings the toy model was trained for, next to model_index.json
 CURVE_STEPS = (1, 2, 4, 8, 16, 50)  # the teacher's few-step curve in the build report
 
 

@@ -15,6 +15,9 @@ SUBFOLDERS = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer
 # The files each tokenizer folder needs (CLIP BPE, T5 SentencePiece); paddlenlp fails with a bare TypeError without.
 TOKENIZER_FILES = {"tokenizer": ("vocab.json", "merges.txt"), "tokenizer_2": ("spiece.model",)}
 DEPLOY_FILE = "deploy.yaml"  # the description of an export folder (export/export.py)
+# Marks a toy-world model folder and holds the settings it was trained for (written by toy/build.py, read here and by
+# eval/evaluate.py, which may not import toy/).
+TOY_CONFIG_NAME = "toy_world.json"
 # Transformer config keys that fix the architecture: a config.json without one of them is refused, never defaulted.
 TRANSFORMER_KEYS = ("in_channels", "num_layers", "num_single_layers", "attention_head_dim", "num_attention_heads",
                     "joint_attention_dim", "pooled_projection_dim")
@@ -59,7 +62,7 @@ def read_transformer_config(folder):
 
 def check_pipeline_folder(path, option="--model"):
     """Check a diffusers-layout FLUX folder without loading weights; returns what the tools validate against:
-    {"vae_scale_factor", "t5_max_length", "guidance_embeds", "toy" (the toy_world.json dict or None)}."""
+    {"vae_scale_factor", "t5_max_length", "guidance_embeds", "toy" (the TOY_CONFIG_NAME dict or None)}."""
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{option}: pipeline folder not found: {path!r}")
     read_json_object(os.path.join(path, "model_index.json"), f"{option} {path!r}: model_index.json")
@@ -77,7 +80,7 @@ def check_pipeline_folder(path, option="--model"):
     tok2 = os.path.join(path, "tokenizer_2", "tokenizer_config.json")
     t5_max = read_json_object(tok2, "tokenizer_2 config").get("model_max_length", 512) if os.path.isfile(tok2) \
         else 512
-    toy_path = os.path.join(path, "toy_world.json")
+    toy_path = os.path.join(path, TOY_CONFIG_NAME)
     return {"vae_scale_factor": 2 ** (len(vae.get("block_out_channels", [0] * 4)) - 1),
             "t5_max_length": min(512, int(t5_max)),
             "guidance_embeds": bool(transformer.get("guidance_embeds", True)),
