@@ -27,6 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import ppflux_lightning  # noqa: E402,F401  (sets the MKL switch before paddle is imported)
+from ppflux_lightning.toy.train_teacher import TeacherSchedule, mu_text, parse_mu, train_teacher  # noqa: E402
 
 GUIDANCE_SHARE = 2 / 15  # the build's last steps of guidance distillation, as a share of all steps
 SCORE_STEPS = (50, 4)
@@ -34,8 +35,6 @@ SCORE_STEPS = (50, 4)
 
 def parse_runs(text):
     """'64:2e-3,32:4e-3:pipeline' -> [(64, 0.002, DEFAULT), (32, 0.004, None)] (batch, lr, training shift mu)."""
-    from ppflux_lightning.toy.train_teacher import TeacherSchedule
-
     runs = []
     for item in text.split(","):
         parts = item.split(":")
@@ -46,15 +45,6 @@ def parse_runs(text):
         if runs[-1][0] < 1 or runs[-1][1] <= 0:
             raise ValueError(item)
     return runs
-
-
-def parse_mu(text):
-    """'pipeline' -> None (the pipeline's dynamic shift), else the number; inverse of `mu_text`."""
-    return None if text == "pipeline" else float(text)
-
-
-def mu_text(mu, exact=False):
-    return "pipeline" if mu is None else repr(mu) if exact else f"{mu:g}"
 
 
 def run_name(batch, lr, mu):
@@ -86,7 +76,6 @@ def train_and_score(model_dir, latents_path, batch, lr, mu, samples, out_json):
     from ppflux_lightning.toy.build import teacher_inputs
     from ppflux_lightning.toy.metrics import task_scores
     from ppflux_lightning.toy.quickstart import Sampler
-    from ppflux_lightning.toy.train_teacher import TeacherSchedule, train_teacher
 
     data = np.load(latents_path)
     sampler = Sampler(model_dir, batch_size=32)  # one pipeline: its encoders feed the training, then it samples

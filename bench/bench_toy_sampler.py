@@ -31,7 +31,9 @@ REASONS = ("count", "cell", "shape", "colour", "size", "ghost")
 
 def parse_list(text, kind, what):
     """'4,50' -> [4, 50]; ValueError naming the option otherwise. kind 'mu': numbers or 'pipeline' (None)."""
-    convert = (lambda v: None if v == "pipeline" else float(v)) if kind == "mu" else kind
+    from ppflux_lightning.toy.train_teacher import parse_mu
+
+    convert = parse_mu if kind == "mu" else kind
     try:
         return [convert(v) for v in text.split(",")]
     except ValueError:
@@ -65,7 +67,9 @@ def score(images, prompts):
 
 def label(setting):
     steps, guidance, mu = setting
-    return f"{steps} steps, g {guidance:g}, mu {'pipeline' if mu is None else f'{mu:g}'}"
+    from ppflux_lightning.toy.train_teacher import mu_text
+
+    return f"{steps} steps, g {guidance:g}, mu {mu_text(mu)}"
 
 
 def markdown(result):

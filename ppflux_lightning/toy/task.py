@@ -290,9 +290,10 @@ def level_balanced_prompts(per_level: int) -> list:
     if per_level < 1:
         raise ValueError(f"per_level must be >= 1, got {per_level}")
     rng = np.random.default_rng(EVAL_SEED + 2)
+    singles = [(p, parse_caption(p)[0].level) for p in one_object_eval_prompts()]
     prompts = []
     for level in range(len(ATTRIBUTES) + 1):
-        pool = [p for p in one_object_eval_prompts() if parse_caption(p)[0].level == level]
+        pool = [p for p, of in singles if of == level]
         order = [pool[i] for i in rng.permutation(len(pool))]
         prompts += list(itertools.islice(itertools.cycle(order), per_level))
     return prompts

@@ -50,6 +50,17 @@ class TeacherSchedule:
             raise ValueError(f"guidance_steps must be in [0, steps), got {self.guidance_steps} (steps {self.steps})")
 
 
+def parse_mu(text):
+    """A time shift as the benches take it: 'pipeline' -> None (the pipeline's dynamic shift), else the number;
+    inverse of `mu_text`."""
+    return None if text == "pipeline" else float(text)
+
+
+def mu_text(mu, exact=False):
+    """'pipeline' for None, else the number (`repr` when `exact`, for a command line that must round-trip)."""
+    return "pipeline" if mu is None else repr(mu) if exact else f"{mu:g}"
+
+
 class EMA:
     """Exponential moving average of a model's parameters, kept in a deep copy."""
 
