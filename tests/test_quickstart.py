@@ -178,3 +178,33 @@ def test_toy_sampler_bench_smoke_and_bad_input(tiny_toy, tmp_path, capsys):
     assert bench.main(["--model", tiny_toy, "--per-level", "0", "--out", out]) == 2
     assert capsys.readouterr().err.strip() == ("error: --steps, --prompts and --per-level must be >= 1, got '4,50' / "
                                                "384 / 0")
+
+
+def test_teacher_schedule_bench_reads_runs_and_reports_levels(tmp_path, capsys):
+    from script_loader import load_script
+
+    from ppflux_lightning.toy.train_teacher import TeacherSchedule
+
+    bench = load_script("bench/bench_teacher_schedule.py")
+    assert bench.parse_runs("64:2e-3,32:4e-3:pipeline,16:1e-3:0.5:8") == [
+        (64, 2e-3, TeacherSchedule.sigma_mu, 1), (32, 4e-3, None, 1), (16, 1e-3, 0.5, 8)]
+    for bad in ("32", "32:4e-3:1.15:8:1", "0:4e-3", "32:-1", "32:4e-3:1.15:0", "32:4e-3:x"):
+        with pytest.raises(ValueError):
+            bench.parse_runs(bad)
+    scores = {"validity": 50.0, "adherence_single": 75.0, "coverage_tv_color": 0.1, "coverage_tv_shape": None,
+              "coverage_tv_position": 0.25}
+    levels = {"validity": 40.0, **{f"validity_level{k}": 10.0 * k for k in range(4)},
+              **{f"adherence_level{k}": None if k == 0 else 90.0 for k in range(4)}}
+    row = {"batch": 32, "lr": 4e-3, "mu": 1.15, "captions_per_image": 8, "steps": 100, "train_seconds": 12.3,
+           "prompts": 288, "teacher@50": scores, "teacher@4": scores, "per_level": 96, "levels@50": levels,
+           "levels@4": levels}
+    text = bench.markdown([row], 3200, "assets/toy/flux-toy")
+    assert "| 32 | 0.004 | 1.15 | 8 | 100 | 12 | 50.0 | 50.0 | 75.0 | 0.100 / — / 0.250 |" in text
+    assert "| batch 32, lr 0.004, mu 1.15, 8 captions | 0 / 10 / 20 / 30 (40.0) | 0 / 10 / 20 / 30 (40.0) | " \
+           "— / 90 / 90 / 90 |" in text
+    assert bench.main(["--runs", "32:4e-3:1.15:0", "--model", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == ("error: --runs must be batch:lr[:mu[:K]] (positive; mu a number or "
+                                               "'pipeline', K an integer), got '32:4e-3:1.15:0'")
+    assert bench.main(["--model", str(tmp_path / "nope"), "--samples", "64", "--runs", "8:1e-3"]) == 2
+    assert "toy_world.json" in capsys.readouterr().err
+

@@ -1,5 +1,6 @@
 """The toy world: task semantics checked by hand-computed geometry, and the builder run end to end (quick mode)."""
 
+import dataclasses
 import json
 import os
 
@@ -122,6 +123,31 @@ def test_split_holds_out_fixed_triples_named_in_full():
         assert task.names_held_out(spec[0]) if len(spec) == 2 else spec[0].level < 3 or task.is_held_out(spec[0])
     assert {s[0].level for s in specs if len(s) == 1} == {0, 1, 2, 3}
     assert 0.2 <= np.mean([len(s) == 2 for s in specs]) <= 0.3
+
+
+def test_caption_variants_draw_the_training_captions_given_the_scene():
+    """Re-captioning a drawn scene gives the same joint (caption, scene) distribution as the training data."""
+    rng, again = np.random.default_rng(3), np.random.default_rng(4)
+    drawn, variants = [], []
+    for _ in range(4000):
+        specs = task.random_train_specs(rng)
+        scene = task.draw_scene(specs, rng)
+        drawn.append(specs)
+        (text,) = task.caption_variants(scene, 1, again)
+        redrawn = task.parse_caption(text)
+        assert len(redrawn) == len(scene.objects) and not any(task.names_held_out(s) for s in redrawn)
+        assert all(s.matches(o) for s, o in zip(redrawn, scene.objects))  # names only what the scene shows
+        variants.append(redrawn)
+    for pick in (lambda specs: specs[0].level, len, lambda specs: specs[0].color is None):
+        a = np.bincount([int(pick(s)) for s in drawn], minlength=4) / len(drawn)
+        b = np.bincount([int(pick(s)) for s in variants], minlength=4) / len(variants)
+        np.testing.assert_allclose(b, a, atol=0.03)
+    # held-out triples are never named in full, yet the scenes holding them are still captioned
+    held = task.Scene((next(o for o in task.all_objects() if task.is_held_out(o)),))
+    texts = task.caption_variants(held, 200, rng)
+    assert {task.parse_caption(t)[0].level for t in texts} == {0, 1, 2}
+    with pytest.raises(ValueError, match="count"):
+        task.caption_variants(held, 0, rng)
 
 
 def test_level_balanced_prompts_weigh_every_level_alike():
@@ -287,7 +313,8 @@ def test_quick_build_end_to_end(tmp_path):
     from ppflux_lightning.toy.build import BuildSettings, build_toy, load_toy_config, sample_toy
 
     out = str(tmp_path / "flux-toy")
-    report = build_toy(out, BuildSettings.quick(), samples_path=str(tmp_path / "grid.png"))
+    settings = dataclasses.replace(BuildSettings.quick(), captions_per_image=2)  # two captions per training image
+    report = build_toy(out, settings, samples_path=str(tmp_path / "grid.png"))
     for name in ("model_index.json", "toy_world.json", "transformer", "vae", "text_encoder", "text_encoder_2",
                  "tokenizer", "tokenizer_2", "scheduler"):
         assert os.path.exists(os.path.join(out, name)), name
@@ -296,6 +323,8 @@ def test_quick_build_end_to_end(tmp_path):
     assert list(report["curve"]) == ["teacher@1", "teacher@2"] and report["eval_prompts"] == 8
     assert 0.0 <= report["curve"]["teacher@1"]["validity"] <= 100.0 and 0.0 <= report["vae_valid_eval"] <= 100.0
     assert os.path.isfile(tmp_path / "grid-steps.png")
+    assert report["per_level"] == 2 and list(report["levels_curve"]) == ["teacher@1", "teacher@2"]
+    assert {report["levels_curve"]["teacher@2"][f"validity_level{k}"] is None for k in range(4)} <= {False}
     toy = load_toy_config(out)
     pipe = FluxPipeline.from_pretrained(out)
     pipe.set_progress_bar_config(disable=True)

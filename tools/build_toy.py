@@ -34,6 +34,10 @@ def _main(argv):
     parser.add_argument("--teacher-steps", type=int, default=None, help="override the teacher's training steps")
     parser.add_argument("--guidance-steps", type=int, default=None, help="override the guidance-distillation steps")
     parser.add_argument("--eval-prompts", type=int, default=None, help="prompts of the report's few-step curve")
+    parser.add_argument("--per-level", type=int, default=None,
+                        help="one-object prompts per level of specification of the report's levels curve (0: none)")
+    parser.add_argument("--captions-per-image", type=int, default=None,
+                        help="captions the teacher sees each training image under (task.caption_variants)")
     parser.add_argument("--features", default=None,
                         help="toy FID feature network folder for the report's few-step curve (default: "
                              "assets/toy/task_features when it exists)")
@@ -41,8 +45,9 @@ def _main(argv):
     args = parser.parse_args(argv)
     cli.number("--nproc", args.nproc, min=1, max=os.cpu_count() or 1)
     cli.seed("--seed", args.seed)
-    for option in ("--vae-steps", "--teacher-steps", "--guidance-steps"):
+    for option in ("--vae-steps", "--teacher-steps", "--guidance-steps", "--captions-per-image"):
         cli.number(option, getattr(args, option[2:].replace("-", "_")), min=1)
+    cli.number("--per-level", args.per_level, min=0)
     out = args.out.rstrip("/")
     check_output_dir(out, args.overwrite, TOY_CONFIG_NAME, option="--out")
     for path in (out + "-samples.png", out + "-report.json"):
@@ -53,8 +58,10 @@ def _main(argv):
     from ppflux_lightning.toy.features import TASK_FEATURES_CONFIG
 
     settings = BuildSettings.quick(args.seed) if args.quick else BuildSettings(seed=args.seed)
-    if args.eval_prompts is not None:
-        settings.eval_prompts = args.eval_prompts
+    for name, field in (("eval_prompts", "eval_prompts"), ("per_level", "eval_per_level"),
+                        ("captions_per_image", "captions_per_image")):
+        if getattr(args, name) is not None:
+            setattr(settings, field, getattr(args, name))
     if args.vae_steps is not None:
         settings.vae_steps = args.vae_steps
     for name in ("teacher_steps", "guidance_steps"):

@@ -46,10 +46,12 @@ class BuildSettings:
     heads: int = 3
     double_blocks: int = 2
     single_blocks: int = 2
+    captions_per_image: int = 1  # > 1: the teacher sees each image under that many captions (task.caption_variants)
     teacher: TeacherSchedule = dataclasses.field(default_factory=TeacherSchedule)
     guidance_scale: float = 3.5
     sample_steps: int = 50
     eval_prompts: int = 384  # task.eval_prompts(n) sampled for the build report
+    eval_per_level: int = 96  # and task.level_balanced_prompts(n): n one-object prompts per level of specification
     curve_steps: tuple = CURVE_STEPS
     seed: int = 0
 
@@ -57,7 +59,7 @@ class BuildSettings:
     def quick(cls, seed=0):
         return cls(dataset_size=64, vae_steps=8, vae_batch=4, teacher=TeacherSchedule(
             steps=12, guidance_steps=4, batch_size=8, warmup=2, seed=seed), sample_steps=2, eval_prompts=8,
-            curve_steps=(1, 2), seed=seed)
+            eval_per_level=2, curve_steps=(1, 2), seed=seed)
 
 
 def caption_corpus():
@@ -137,7 +139,7 @@ def build_toy(out_dir, settings: BuildSettings | None = None, samples_path=None,
 
         # --- data and VAE
         _log(f"rendering {settings.dataset_size} training images ({settings.image_size} px)")
-        images, captions = task.sample_dataset(settings.dataset_size, settings.image_size, settings.seed)
+        images, captions = training_data(settings)
         held_images, _ = task.sample_dataset(min(128, settings.dataset_size), settings.image_size, settings.seed + 1,
                                              split="eval")
         paddle.seed(settings.seed)
@@ -203,26 +205,41 @@ def build_toy(out_dir, settings: BuildSettings | None = None, samples_path=None,
 
         feature_fn = TaskFeatures(features_dir)
     report.update(evaluate_toy(out_dir, settings.eval_prompts, samples_path=samples_path, feature_fn=feature_fn,
-                               curve_steps=settings.curve_steps))
+                               curve_steps=settings.curve_steps, per_level=settings.eval_per_level))
     report["build_seconds"] = round(time.time() - started, 1)
     report["folder_bytes"] = folder_bytes(out_dir)
     return report
 
 
+def training_data(settings: BuildSettings):
+    """The build's training images and, per image, its caption or (`captions_per_image` > 1) a list of captions: the
+    drawn one first, then fresh draws given the scene (`task.caption_variants`, seeded); the images are the same."""
+    images, captions, scenes = task.sample_dataset(settings.dataset_size, settings.image_size, settings.seed,
+                                                   return_scenes=True)
+    if settings.captions_per_image > 1:
+        rng = np.random.default_rng(settings.seed + 2)
+        captions = [[c, *task.caption_variants(scene, settings.captions_per_image - 1, rng)]
+                    for c, scene in zip(captions, scenes)]
+    return images, captions
+
+
 def teacher_inputs(pipe, raw_latents, captions, max_len):
     """Every input of `train_teacher` but the model and the schedule (a dict of its keyword arguments), from the VAE
-    means `raw_latents` [N, C, h, w] of the training images and their `captions`: latents normalised with the
-    pipeline VAE's `shift_factor` / `scaling_factor` and packed, each distinct caption (and the empty prompt) encoded
+    means `raw_latents` [N, C, h, w] of the training images and their `captions` (one per image, or a list of K per
+    image): latents normalised with the pipeline VAE's `shift_factor` / `scaling_factor` and packed, each distinct
+    caption (and the empty prompt) encoded
     once through the pipeline's own text encoders at `max_len` T5 tokens, the RoPE ids and FLUX's dynamic shift for
     the token count. Used by the build and by `bench/bench_teacher_schedule.py`, which retrains a built teacher."""
     shift, scale = float(pipe.vae.config.shift_factor), float(pipe.vae.config.scaling_factor)
     latents = pack_latents(paddle.to_tensor((raw_latents - shift) * scale)).numpy()
-    distinct = sorted(set(captions))
+    index = np.asarray(captions, dtype=object)  # [N] or [N, K]: K captions per image, one drawn per sample
+    distinct = sorted(set(index.ravel().tolist()))
     lookup = {c: i for i, c in enumerate(distinct)}
     embeds, pooled = _encode(pipe, distinct, max_len)
     h, w = raw_latents.shape[2], raw_latents.shape[3]
     return {"latents": latents, "prompt_embeds": embeds, "pooled_embeds": pooled,
-            "caption_index": [lookup[c] for c in captions], "null_embeds": _encode(pipe, [""], max_len),
+            "caption_index": np.vectorize(lookup.get, otypes=[np.int64])(index),
+            "null_embeds": _encode(pipe, [""], max_len),
             "img_ids": latent_image_ids(h, w), "txt_ids": paddle.zeros([max_len, 3], dtype="float32"),
             "mu": pipe.scheduler.mu(latents.shape[1])}
 
@@ -246,10 +263,13 @@ def sample_toy(pipe, prompts, seed, toy_config, steps=None, guidance_scale=None)
                 max_sequence_length=toy_config["max_sequence_length"], output_type="np").images
 
 
-def evaluate_toy(path, n_prompts=512, samples_path=None, feature_fn=None, curve_steps=CURVE_STEPS, seed=0):
+def evaluate_toy(path, n_prompts=512, samples_path=None, feature_fn=None, curve_steps=CURVE_STEPS, seed=0,
+                 per_level=0):
     """The teacher at every step count of `curve_steps` (guidance and text length from `toy_world.json`) on
     `task.eval_prompts(n_prompts)`, one seed per prompt: validity, adherence, coverage (`toy.metrics`), and with a
     `feature_fn` FID-to-teacher against the most-step images (that row: against itself with other seeds).
+    `per_level` > 0 adds `levels_curve`: the same step counts on `task.level_balanced_prompts(per_level)` (one-object
+    prompts, every level of specification alike), which is where the bars per level are read.
 
     `samples_path` gets a grid of the most-step images and `<stem>-steps.png` one row per step count."""
     from ..eval.fid import extract_features, fid_from_features
@@ -279,7 +299,14 @@ def evaluate_toy(path, n_prompts=512, samples_path=None, feature_fn=None, curve_
         save_grid(images[top][:16], samples_path, columns=8)
         stem, ext = os.path.splitext(samples_path)
         save_rows_grid([(f"teacher@{n}", images[n]) for n in steps], f"{stem}-steps{ext}", columns=10)
-    return {"eval_prompts": len(prompts), "curve": curve, "grid_prompts": prompts[:16]}
+    result = {"eval_prompts": len(prompts), "curve": curve, "grid_prompts": prompts[:16]}
+    if per_level:
+        balanced = task.level_balanced_prompts(per_level)
+        seeds = [seed + i for i in range(len(balanced))]
+        result["per_level"] = per_level
+        result["levels_curve"] = {f"teacher@{n}": {"steps": n, **task_scores(
+            sampler.sample(balanced, seeds, n, f"teacher@{n}, per level")[0], balanced)} for n in steps}
+    return result
 
 
 def save_grid(images, path, columns=8, scale=2):

@@ -322,6 +322,29 @@ def random_train_specs(rng, single_fraction=SINGLE_FRACTION) -> tuple:
             return specs
 
 
+def caption_variants(scene: Scene, count: int, rng: np.random.Generator, prob=TRAIN_SPECIFY_PROB) -> list:
+    """`count` captions of one drawn scene, each a fresh draw from the training captions' distribution given the
+    scene: every attribute of every object named with `prob`, never a held-out triple named in full (redrawn).
+
+    Drawing the specs and then the open attributes uniformly (`random_train_specs`, `draw_scene`) is the same joint
+    distribution as drawing the scene and then which attributes its caption names, so a teacher may see each
+    training image under several captions (`BuildSettings.captions_per_image`) without changing the data."""
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    out = []
+    for _ in range(count):
+        specs = []
+        for obj in scene.objects:
+            while True:
+                named = rng.uniform(size=len(ATTRIBUTES)) < prob
+                spec = Spec(**{a: getattr(obj, a) if n else None for a, n in zip(ATTRIBUTES, named)})
+                if not names_held_out(spec):
+                    break
+            specs.append(spec)
+        out.append(caption(specs))
+    return out
+
+
 EVAL_SEED = 12345
 
 

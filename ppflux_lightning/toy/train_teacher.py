@@ -90,8 +90,9 @@ def train_teacher(model, latents, prompt_embeds, pooled_embeds, caption_index, n
     """Train ``model`` in place on packed ``latents`` [N, S, C]; returns (ema_model, loss history).
 
     ``mu`` is the pipeline's dynamic shift for the token count, used unless ``schedule.sigma_mu`` is set.
-    ``prompt_embeds`` [K, L, D] / ``pooled_embeds`` [K, P] hold one entry per distinct caption; ``caption_index`` [N]
-    maps every latent to its caption; ``null_embeds`` = (embeds [1, L, D], pooled [1, P]) of the empty prompt.
+    ``prompt_embeds`` [M, L, D] / ``pooled_embeds`` [M, P] hold one entry per distinct caption; ``caption_index`` [N]
+    maps every latent to its caption, or [N, K] to K captions of it, one of which every sample draws uniformly;
+    ``null_embeds`` = (embeds [1, L, D], pooled [1, P]) of the empty prompt.
     Under ``paddle.distributed.launch`` every process draws the whole batch from the same seed, trains on its share
     and gradients are averaged: the run equals one process with the same batch, only faster.
     """
@@ -119,11 +120,11 @@ def train_teacher(model, latents, prompt_embeds, pooled_embeds, caption_index, n
     for step in bar:
         if step == phase1 and s.guidance_steps:
             frozen = copy.deepcopy(ema.model)  # the phase-1 result supplies the guided targets
-        draws = _draw(rng, s.batch_size, len(caption_index), latents.shape[1:], mu, s)
-        idx, sigma, noise, guidance, drop = (d[share] for d in draws)
+        draws = _draw(rng, s.batch_size, caption_index.shape, latents.shape[1:], mu, s)
+        idx, sigma, noise, guidance, drop, variant = (None if d is None else d[share] for d in draws)
         b = len(idx)
         x0 = paddle.gather(latents, paddle.to_tensor(idx))
-        cap = paddle.to_tensor(caption_index[idx])
+        cap = paddle.to_tensor(caption_index[idx] if variant is None else caption_index[idx, variant])
         embeds, pooled = paddle.gather(prompt_embeds, cap), paddle.gather(pooled_embeds, cap)
         noise = paddle.to_tensor(noise)
         sig = paddle.to_tensor(sigma).reshape([-1, 1, 1])
@@ -155,11 +156,14 @@ def train_teacher(model, latents, prompt_embeds, pooled_embeds, caption_index, n
     return ema.model, history
 
 
-def _draw(rng, batch, n_latents, latent_shape, mu, s: TeacherSchedule):
-    """Every random input of one step for the whole batch, in a fixed order: (index, sigma, noise, guidance, drop)."""
-    idx = rng.integers(0, n_latents, batch)
+def _draw(rng, batch, index_shape, latent_shape, mu, s: TeacherSchedule):
+    """Every random input of one step for the whole batch, in a fixed order: (index, sigma, noise, guidance, drop,
+    caption variant); the variant is drawn only when `index_shape` (of ``caption_index``) holds several captions
+    per latent, so runs with one caption per image keep their random stream."""
+    idx = rng.integers(0, index_shape[0], batch)
     sigma = sample_sigmas(rng, batch, mu, s.logit_mean, s.logit_std)
     noise = rng.standard_normal((batch, *latent_shape), dtype=np.float32)
     guidance = rng.uniform(*s.guidance_range, size=batch).astype(np.float32)
     drop = rng.uniform(size=batch) < s.drop_prob
-    return idx, sigma, noise, guidance, drop
+    variant = rng.integers(0, index_shape[1], batch) if len(index_shape) == 2 else None
+    return idx, sigma, noise, guidance, drop, variant
