@@ -2,8 +2,8 @@
 
 For each method and threshold: median wall clock of the denoising run and its speedup over the uncached median, the
 fraction of block evaluations skipped, and against the uncached images of the same prompts and seeds: PSNR/SSIM,
-FID (toy-task or Inception features) and, on a toy model, prompt adherence. Writes PREFIX.md (table), PREFIX.json
-and PREFIX.png (speed/quality Pareto plot).
+FID (toy-task or Inception features) and, on a toy model, validity and prompt adherence. Writes PREFIX.md (table),
+PREFIX.json and PREFIX.png (speed/quality Pareto plot).
 
     python bench/bench_cache.py --model DIR --steps 50,28          # a diffusers-layout FLUX folder (the pipeline)
     python bench/bench_cache.py --model DIR --lora LORA --steps 4  # a LoRA student (fused)
@@ -173,7 +173,7 @@ class PipelineWorkload:
 
 class QualityScorer:
     """FID of a cached image set against the uncached set of the same prompts and seeds (toy-task or Inception
-    features), toy prompt adherence, and the FID floor: the uncached model with other seeds."""
+    features), toy validity and prompt adherence, and the FID floor: the uncached model with other seeds."""
 
     def __init__(self, feature_fn, prompts, adherence):
         self.feature_fn, self.prompts, self.adherence = feature_fn, prompts, adherence
@@ -188,8 +188,8 @@ class QualityScorer:
         if self.feature_fn is not None:
             scores["fid"] = fid_from_features(extract_features(images, self.feature_fn, desc="FID features"),
                                               self.reference)
-        if self.adherence:
-            scores["adherence"] = task_scores(images, self.prompts)["adherence"]
+        if self.adherence:  # a toy model: the task's exact validity (clean scene) and adherence
+            scores.update({k: task_scores(images, self.prompts)[k] for k in ("validity", "adherence")})
         return scores
 
 
@@ -255,8 +255,8 @@ def markdown(results_by_steps, description, repeats):
              "against the uncached images of the same prompts and seeds.", ""]
     for steps, result in results_by_steps.items():
         rows = result["rows"]
-        extra = [k for k in ("fid", "adherence") if k in rows[0]]
-        names = {"fid": "FID to uncached", "adherence": "adherence %"}
+        extra = [k for k in ("fid", "validity", "adherence") if k in rows[0]]
+        names = {"fid": "FID to uncached", "validity": "validity %", "adherence": "adherence %"}
         lines += [f"### {steps} steps", "",
                   "| method | threshold | median s | speedup | paired speedup | skipped blocks | full steps | PSNR dB "
                   "| SSIM |" + "".join(f" {names[k]} |" for k in extra),
@@ -367,7 +367,8 @@ def parse_thresholds(items):
 
 
 def pipeline_workload(args):
-    """The FluxPipeline workload and its quality scorer (FID and, for a toy model, adherence) from the flags."""
+    """The FluxPipeline workload and its quality scorer (FID and, for a toy model, validity and adherence) from the
+    flags."""
     if not os.path.isdir(args.model):
         raise FileNotFoundError(f"model folder {args.model!r} does not exist")
     defaults = sampling_defaults(args.model)
