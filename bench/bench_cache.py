@@ -10,15 +10,18 @@ PREFIX.json and PREFIX.png (speed/quality Pareto plot).
     python bench/bench_cache.py --random-medium --steps 28         # random transformer, for timing only
 """
 
-import ppflux_lightning  # noqa: F401  (sets the MKL switch before paddle is imported)
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # runnable from a checkout
+
+import ppflux_lightning  # noqa: E402,F401  (sets the MKL switch before paddle is imported)
 
 # isort: split
 import argparse
 import json
-import os
 import shlex
 import statistics
-import sys
 import time
 
 import numpy as np

@@ -19,6 +19,8 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # runnable from a checkout
+
 CONFIGS = {
     # The tiny test pipeline as built: 256 image tokens.
     "tiny": dict(transformer=None, height=64, width=64, text_len=32),

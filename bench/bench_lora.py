@@ -13,7 +13,12 @@ Prints medians and ratios to the base median.
     python bench/bench_lora.py --targets all --rank 64 --repeats 15
 """
 
-import ppflux_lightning  # noqa: F401  (sets the MKL switch before paddle is imported)
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # runnable from a checkout
+
+import ppflux_lightning  # noqa: E402,F401  (sets the MKL switch before paddle is imported)
 
 # isort: split
 import argparse

@@ -21,7 +21,9 @@ import tempfile
 import numpy as np
 from PIL import Image
 
-import ppflux_lightning  # noqa: F401  (before paddle)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # runnable from a checkout
+
+import ppflux_lightning  # noqa: E402,F401  (before paddle)
 from ppflux_lightning.config import load_config, validate
 from ppflux_lightning.engine.memory import REFERENCE_TARGETS, estimate
 from ppflux_lightning.engine.schema import DEFAULTS

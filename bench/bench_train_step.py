@@ -8,8 +8,15 @@ this process's CPU time (all threads): on a shared machine the CPU-time ratios m
 load. Memory is the peak of Paddle's allocator during one generator step above the resting state.
 """
 
-import argparse
 import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # runnable from a checkout
+
+import ppflux_lightning  # noqa: E402,F401  (sets the MKL switch before paddle is imported)
+
+# isort: split
+import argparse
 import statistics
 import time
 
@@ -17,7 +24,6 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-import ppflux_lightning  # noqa: F401  (before paddle)
 from ppflux_lightning.lora import add_lora, lora_parameters
 from ppflux_lightning.models.flux_transformer import FluxConfig, FluxTransformer2DModel
 from ppflux_lightning.objectives import Conditioning, DistillationRecipe, config_defaults
