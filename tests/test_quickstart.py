@@ -207,4 +207,3 @@ def test_teacher_schedule_bench_reads_runs_and_reports_levels(tmp_path, capsys):
                                                "'pipeline', K an integer), got '32:4e-3:1.15:0'")
     assert bench.main(["--model", str(tmp_path / "nope"), "--samples", "64", "--runs", "8:1e-3"]) == 2
     assert "toy_world.json" in capsys.readouterr().err
-
