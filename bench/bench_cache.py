@@ -192,7 +192,8 @@ class QualityScorer:
             scores["fid"] = fid_from_features(extract_features(images, self.feature_fn, desc="FID features"),
                                               self.reference)
         if self.adherence:  # a toy model: the task's exact validity (clean scene) and adherence
-            scores.update({k: task_scores(images, self.prompts)[k] for k in ("validity", "adherence")})
+            task = task_scores(images, self.prompts)  # reads every image once
+            scores.update(validity=task["validity"], adherence=task["adherence"])
         return scores
 
 
