@@ -85,9 +85,8 @@ def train_and_score(model_dir, latents_path, batch, lr, mu, captions_per_image, 
 
     data = np.load(latents_path)
     sampler = Sampler(model_dir, batch_size=32)  # one pipeline: its encoders feed the training, then it samples
-    captions = data["captions"][:, :captions_per_image].tolist()
-    inputs = teacher_inputs(sampler.pipe, data["raw"], [c[0] for c in captions] if captions_per_image == 1 else
-                            captions, sampler.max_len)
+    inputs = teacher_inputs(sampler.pipe, data["raw"], data["captions"][:, :captions_per_image].tolist(),
+                            sampler.max_len)
     steps = max(2, samples // batch)
     schedule = TeacherSchedule(steps=steps, guidance_steps=max(1, round(steps * GUIDANCE_SHARE)), batch_size=batch,
                                lr=lr, warmup=max(1, min(30, steps // 4)), sigma_mu=mu)

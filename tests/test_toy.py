@@ -308,6 +308,21 @@ def test_vae_training_is_seeded():
     np.testing.assert_array_equal(weights[0], weights[1])
 
 
+def test_teacher_inputs_take_one_or_several_captions_per_image(tmp_path):
+    from ppflux_lightning.pipelines.flux_pipeline import FluxPipeline
+    from ppflux_lightning.pipelines.tiny import build_tiny_pipeline
+    from ppflux_lightning.toy.build import teacher_inputs
+
+    build_tiny_pipeline(str(tmp_path / "pipe"))
+    pipe = FluxPipeline.from_pretrained(str(tmp_path / "pipe"))
+    raw = np.random.default_rng(0).standard_normal((3, pipe.vae.config.latent_channels, 8, 8)).astype("float32")
+    flat = teacher_inputs(pipe, raw, ["a shape", "a circle", "a shape"], 16)["caption_index"]
+    ones = teacher_inputs(pipe, raw, [["a shape"], ["a circle"], ["a shape"]], 16)["caption_index"]
+    assert flat.tolist() == ones.tolist() == [1, 0, 1]  # K = 1 is one caption per image (no per-sample draw)
+    two = teacher_inputs(pipe, raw, [["a shape", "a bar"], ["a circle", "a bar"], ["a shape", "a shape"]], 16)
+    assert two["caption_index"].tolist() == [[2, 0], [1, 0], [2, 2]] and len(two["prompt_embeds"]) == 3
+
+
 def test_quick_build_end_to_end(tmp_path):
     from ppflux_lightning.pipelines.flux_pipeline import FluxPipeline
     from ppflux_lightning.toy.build import BuildSettings, build_toy, load_toy_config, sample_toy

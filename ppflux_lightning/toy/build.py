@@ -226,13 +226,15 @@ def training_data(settings: BuildSettings):
 def teacher_inputs(pipe, raw_latents, captions, max_len):
     """Every input of `train_teacher` but the model and the schedule (a dict of its keyword arguments), from the VAE
     means `raw_latents` [N, C, h, w] of the training images and their `captions` (one per image, or a list of K per
-    image): latents normalised with the pipeline VAE's `shift_factor` / `scaling_factor` and packed, each distinct
-    caption (and the empty prompt) encoded
-    once through the pipeline's own text encoders at `max_len` T5 tokens, the RoPE ids and FLUX's dynamic shift for
-    the token count. Used by the build and by `bench/bench_teacher_schedule.py`, which retrains a built teacher."""
+    image; K = 1 is the same as one per image): latents normalised with the pipeline VAE's `shift_factor` /
+    `scaling_factor` and packed, each distinct caption (and the empty prompt) encoded once through the pipeline's own
+    text encoders at `max_len` T5 tokens, the RoPE ids and FLUX's dynamic shift for the token count. Used by the
+    build and by `bench/bench_teacher_schedule.py`, which retrains a built teacher."""
     shift, scale = float(pipe.vae.config.shift_factor), float(pipe.vae.config.scaling_factor)
     latents = pack_latents(paddle.to_tensor((raw_latents - shift) * scale)).numpy()
     index = np.asarray(captions, dtype=object)  # [N] or [N, K]: K captions per image, one drawn per sample
+    if index.ndim == 2 and index.shape[1] == 1:
+        index = index[:, 0]  # one caption per image: no per-sample draw, the one-caption random stream
     distinct = sorted(set(index.ravel().tolist()))
     lookup = {c: i for i, c in enumerate(distinct)}
     embeds, pooled = _encode(pipe, distinct, max_len)
